@@ -1,0 +1,88 @@
+"""fsm: a client's connection to a kernel server as an explicit finite-state machine.
+
+The sans-IO core (:class:`ConnectionLifecycle`) imports neither trio nor
+trio-websocket; the trio driver (:func:`open_connector`) and the reference
+server are imported on first use, so ``import fsm`` stays cheap.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from fsm._buffer import EditBuffer, FlushBatch
+from fsm._errors import (
+    ConnectionFailed,
+    EditBufferFull,
+    InvalidTransition,
+    LifecycleError,
+    NotConnected,
+)
+from fsm._policy import RetryPolicy
+from fsm._types import CloseReason, ConnState, Phase, Transition
+from fsm.lifecycle import (
+    Backoff,
+    ConnectionLifecycle,
+    Dial,
+    Effect,
+    Flush,
+    HangUp,
+    SendEdit,
+    TransitionLogger,
+)
+
+if TYPE_CHECKING:
+    from fsm.connector import Connector, open_connector
+    from fsm.protocols import KernelProtocol, ReferenceProtocol
+
+__all__ = [
+    "Backoff",
+    "CloseReason",
+    "ConnState",
+    "ConnectionFailed",
+    "ConnectionLifecycle",
+    "Connector",
+    "Dial",
+    "EditBuffer",
+    "EditBufferFull",
+    "Effect",
+    "Flush",
+    "FlushBatch",
+    "HangUp",
+    "InvalidTransition",
+    "KernelProtocol",
+    "LifecycleError",
+    "NotConnected",
+    "Phase",
+    "ReferenceProtocol",
+    "RetryPolicy",
+    "SendEdit",
+    "Transition",
+    "TransitionLogger",
+    "open_connector",
+]
+
+__version__ = "0.1.0"
+
+# The trio driver's names, imported on first access (PEP 562) so that the core
+# and ``import fsm`` never pay for trio.
+_LAZY = {
+    "Connector": "fsm.connector",
+    "open_connector": "fsm.connector",
+    "KernelProtocol": "fsm.protocols",
+    "ReferenceProtocol": "fsm.protocols",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _LAZY.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'fsm' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module_name), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

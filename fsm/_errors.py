@@ -1,0 +1,53 @@
+"""The error hierarchy: everything the library raises on purpose derives from LifecycleError."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fsm._types import CloseReason, ConnState
+
+
+class LifecycleError(Exception):
+    """Base class of every error that fsm raises on purpose."""
+
+
+class InvalidTransition(LifecycleError):
+    """An event was sent in a state that has no transition for it; the state is unchanged."""
+
+    def __init__(self, event: str, state: ConnState, allowed: list[str]) -> None:
+        self.event = event
+        self.state = state
+        self.allowed = allowed
+        choices = ", ".join(allowed) if allowed else "none"
+        super().__init__(
+            f"event {event!r} is not allowed in state {state.value} "
+            f"(allowed there: {choices}); the state is unchanged"
+        )
+
+
+class ConnectionFailed(LifecycleError):
+    """A connection cycle ended in CLOSED without reaching OPEN (gave up, rejected, shut down)."""
+
+    def __init__(
+        self, reason: CloseReason, attempts: int, cause: BaseException | str | None = None
+    ) -> None:
+        self.reason = reason
+        self.attempts = attempts
+        self.cause = cause
+        what = {
+            "GAVE_UP": f"gave up after {attempts} failed attempt{'s' if attempts != 1 else ''}",
+            "REJECTED": "the server rejected the connection",
+            "SHUTDOWN": "the server shut down",
+            "USER": "the connection was closed by the user",
+        }.get(reason.value, f"closed ({reason.value})")
+        last = f"; last cause: {cause}" if cause else ""
+        super().__init__(f"{what}{last}; call connect() to try again")
+
+
+class NotConnected(LifecycleError):
+    """An operation needs an open connection and the lifecycle cannot provide one now."""
+
+
+class EditBufferFull(LifecycleError):
+    """The edit buffer holds its limit of distinct cells; the new edit was refused, not dropped."""
