@@ -6,7 +6,7 @@ import enum
 from dataclasses import dataclass
 
 
-class ConnState(str, enum.Enum):
+class ConnState(enum.StrEnum):
     """The five lifecycle states; values equal the seed's names."""
 
     NOT_STARTED = "NOT_STARTED"
@@ -15,21 +15,15 @@ class ConnState(str, enum.Enum):
     CLOSING = "CLOSING"
     CLOSED = "CLOSED"
 
-    def __str__(self) -> str:
-        return self.value
 
-
-class Phase(str, enum.Enum):
+class Phase(enum.StrEnum):
     """The substate of CONNECTING: an attempt in flight, or the wait before the next one."""
 
     DIALING = "DIALING"
     BACKING_OFF = "BACKING_OFF"
 
-    def __str__(self) -> str:
-        return self.value
 
-
-class CloseReason(str, enum.Enum):
+class CloseReason(enum.StrEnum):
     """Why a lifecycle is CLOSED."""
 
     USER = "USER"  #: the user closed it
@@ -37,16 +31,14 @@ class CloseReason(str, enum.Enum):
     REJECTED = "REJECTED"  #: the server refused for good (401/403, 1008, 3000-3999)
     SHUTDOWN = "SHUTDOWN"  #: the server announced its shutdown (1000 "SHUTDOWN")
 
-    def __str__(self) -> str:
-        return self.value
-
 
 @dataclass(frozen=True, slots=True)
 class Transition:
     """One lifecycle transition, as observers and ``Connector.transitions()`` see it.
 
     ``attempt`` is the count of failed attempts in the current cycle after the
-    transition; ``delay`` is the back-off delay when the target phase is BACKING_OFF.
+    transition; ``delay`` is the back-off delay when the target phase is BACKING_OFF;
+    ``cause`` says, with secrets redacted, what made a fail, drop, reject or shutdown.
     """
 
     source: ConnState
@@ -56,3 +48,4 @@ class Transition:
     delay: float | None = None
     reason: CloseReason | None = None
     phase: Phase | None = None
+    cause: str | None = None

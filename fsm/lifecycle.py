@@ -54,6 +54,7 @@ from statemachine.exceptions import TransitionNotAllowed
 from fsm._buffer import DEFAULT_EDIT_LIMIT, EditBuffer, FlushBatch
 from fsm._errors import InvalidTransition, NotConnected
 from fsm._policy import RetryPolicy
+from fsm._redact import describe, redact
 from fsm._types import CloseReason, ConnState, Phase, Transition
 
 __all__ = [
@@ -137,12 +138,12 @@ _REASON_BY_EVENT: Final[dict[str, CloseReason]] = {
 }
 
 
-class _LifecycleMachine(StateMachine):  # type: ignore[misc]
+class _LifecycleMachine(StateMachine):
     """The declarative lifecycle; callbacks read and write the owning ConnectionLifecycle."""
 
     not_started = State("NOT_STARTED", value="NOT_STARTED", initial=True)
 
-    class connecting(State.Compound, name="CONNECTING"):  # type: ignore[misc]
+    class connecting(State.Compound, name="CONNECTING"):
         dialing = State("DIALING", value="DIALING", initial=True)
         backing_off = State("BACKING_OFF", value="BACKING_OFF")
 
@@ -154,15 +155,15 @@ class _LifecycleMachine(StateMachine):  # type: ignore[misc]
     connect = (
         not_started.to(connecting, cond="is_not_started")
         | closed.to(connecting, on="start_new_cycle")
-        | closing.to.itself(internal=True, on="request_reconnect")
-        | connecting.to.itself(internal=True)
-        | open.to.itself(internal=True)
+        | closing.to.itself(internal=True, on="request_reconnect")  # type: ignore[no-untyped-call]
+        | connecting.to.itself(internal=True)  # type: ignore[attr-defined]
+        | open.to.itself(internal=True)  # type: ignore[no-untyped-call]
     )
     # The first use of a lazy connection starts it; later ones need nothing.
     request = (
         not_started.to(connecting, cond="is_not_started")
-        | connecting.to.itself(internal=True)
-        | open.to.itself(internal=True, cond="can_interact")
+        | connecting.to.itself(internal=True)  # type: ignore[attr-defined]
+        | open.to.itself(internal=True, cond="can_interact")  # type: ignore[no-untyped-call]
     )
     # The server said it is ready: the edit buffer is flushed on this transition.
     ready = connecting.dialing.to(open, on="flush_edits")
@@ -182,8 +183,8 @@ class _LifecycleMachine(StateMachine):  # type: ignore[misc]
         not_started.to(closed)
         | connecting.to(closed, on="abandon_attempt")
         | open.to(closing, on="hang_up")
-        | closing.to.itself(internal=True, on="cancel_reconnect")
-        | closed.to.itself(internal=True)
+        | closing.to.itself(internal=True, on="cancel_reconnect")  # type: ignore[no-untyped-call]
+        | closed.to.itself(internal=True)  # type: ignore[no-untyped-call]
     )
     close_finished = closing.to(connecting, cond="reconnect_requested", on="start_new_cycle") | (
         closing.to(closed)
@@ -273,8 +274,9 @@ class TransitionLogger:
     """Logs each transition as one structlog event with stable keys.
 
     The log event is the lifecycle event's name; the keys are ``source``,
-    ``target``, ``attempt`` and, where they apply, ``phase``, ``delay`` and
-    ``reason``. Bind ``session_id`` (or anything else) on the logger you pass.
+    ``target``, ``attempt`` and, where they apply, ``phase``, ``delay``,
+    ``reason`` and ``cause`` (secrets redacted). Bind ``session_id`` (or anything
+    else) on the logger you pass.
     """
 
     __slots__ = ("_logger",)
@@ -294,6 +296,8 @@ class TransitionLogger:
             fields["delay"] = round(change.delay, 6)
         if change.reason is not None:
             fields["reason"] = change.reason.value
+        if change.cause is not None:
+            fields["cause"] = change.cause
         if change.reason in (CloseReason.GAVE_UP, CloseReason.REJECTED):
             self._logger.warning(change.event, **fields)
         else:
@@ -340,6 +344,7 @@ class ConnectionLifecycle:
         self._close_reason: CloseReason | None = None
         self._reconnect_after_close = False
         self._effects: list[Effect] = []
+        self._cause: BaseException | str | None = None
         #: The cause of the most recent failure, rejection or shutdown, if reported.
         self.last_cause: BaseException | str | None = None
 
@@ -460,14 +465,19 @@ class ConnectionLifecycle:
         list[Effect]
     ):
         machine = self._engine()
+        previous_cause = self.last_cause
+        if cause is not None:
+            self.last_cause = cause  # set first, so that observers see it
+        self._cause = cause
         try:
             machine.send(event, **kwargs)
         except TransitionNotAllowed:
             self._effects.clear()
+            self.last_cause = previous_cause
             allowed = [e.id for e in machine.allowed_events]
             raise InvalidTransition(event, self._state, allowed) from None
-        if cause is not None:
-            self.last_cause = cause
+        finally:
+            self._cause = None
         effects, self._effects = self._effects, []
         return effects
 
@@ -486,6 +496,7 @@ class ConnectionLifecycle:
             delay=self._delay if phase is Phase.BACKING_OFF else None,
             reason=self._close_reason,
             phase=phase,
+            cause=None if self._cause is None else redact(describe(self._cause)),
         )
         for observer in self.observers:
             observer(change)

@@ -1,0 +1,726 @@
+"""The trio driver: executes the lifecycle's effects over trio-websocket.
+
+Theory of operation
+-------------------
+
+The :class:`~fsm.ConnectionLifecycle` decides; the :class:`Connector` acts. Every
+event method of the lifecycle returns effects, and :meth:`Connector._apply`
+carries them out:
+
+- ``Dial`` starts a :class:`Link` task: one attempt (adapter ``prepare``, the
+  WebSocket handshake, the ready frame) under one cancel scope whose deadline is
+  the connect time-out. When the ready frame arrives the deadline is lifted and
+  the same task serves the open connection (a reader, a sender and a heartbeat).
+  When the task ends, the way it ended becomes **exactly one** lifecycle event
+  (``fail``, ``drop``, ``reject``, ``shutdown`` or ``close_finished``), unless
+  the lifecycle abandoned it first. Unexpected exceptions are caught, logged and
+  reported like any other loss, so CONNECTING is never left without an attempt.
+- ``Backoff`` starts a timer task that reports ``retry``.
+- ``Flush``, ``SendEdit`` and requests go, in order, through the link's outbox to
+  its sender task. Edits never block: the buffer keeps them until acknowledged.
+- ``HangUp`` closes gracefully (the link's deadline becomes ``close_timeout``) or
+  abandons the attempt or timer in flight.
+
+Nothing runs before the first ``connect()`` or ``request()``: the connector's
+nursery holds no task, no socket and no timer until then (lazy by default).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import secrets
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import structlog
+import trio
+import trio_websocket
+
+from fsm._buffer import DEFAULT_EDIT_LIMIT
+from fsm._errors import ConnectionFailed, InvalidTransition, LifecycleError, NotConnected
+from fsm._frames import MAX_FRAME_SIZE, BadFrame, Frame, decode_frame, encode_frame
+from fsm._policy import RetryPolicy
+from fsm._redact import describe, redact, redact_url
+from fsm._types import CloseReason, ConnState, Phase, Transition
+from fsm.lifecycle import (
+    Backoff,
+    ConnectionLifecycle,
+    Dial,
+    Effect,
+    Flush,
+    HangUp,
+    SendEdit,
+)
+from fsm.protocols import (
+    AttemptFailed,
+    AttemptRejected,
+    KernelProtocol,
+    ReferenceProtocol,
+    Verdict,
+    normalise_url,
+)
+
+__all__ = ["Connector", "Link", "TransitionStream", "open_connector"]
+
+# trio-websocket closes the socket (1009) above this; our decoder refuses (and
+# logs) frames above MAX_FRAME_SIZE, so frames in between are skipped, not fatal.
+_TRANSPORT_MAX_MESSAGE = 4 * MAX_FRAME_SIZE
+# Hooks that free resources run shielded but must still end.
+_RELEASE_TIMEOUT = 2.0
+
+
+class _Request:
+    __slots__ = ("data", "done", "error", "op", "result")
+
+    def __init__(self, op: str, data: Any) -> None:
+        self.op = op
+        self.data = data
+        self.done = trio.Event()
+        self.error: BaseException | None = None
+        self.result: Any = None
+
+
+class _CloseCommand:
+    __slots__ = ()
+
+
+_CLOSE = _CloseCommand()
+_Outgoing = Flush | SendEdit | _Request | _CloseCommand
+
+
+class Link:
+    """One attempt and, once ready, the open connection it became.
+
+    Adapters use :meth:`send_frame`, :meth:`acknowledge`, ``session_id``,
+    ``url`` (as given to :func:`open_connector`) and ``context`` (a dict for
+    their own per-link state).
+    """
+
+    def __init__(self, connector: Connector, attempt: int) -> None:
+        self.connector = connector
+        self.attempt = attempt
+        self.session_id = connector.session_id
+        self.url = connector.url
+        self.context: dict[str, Any] = {}
+        self.ws: trio_websocket.WebSocketConnection | None = None
+        self.scope = trio.CancelScope()
+        self.outbox_send, self.outbox_receive = trio.open_memory_channel[_Outgoing](math.inf)
+        self.opened_at: float | None = None
+        self.abandoned = False
+        self.closing = False
+        # How the link ended: (lifecycle event, cause); the first cause recorded wins.
+        self.end: tuple[str, str] | None = None
+
+    async def send_frame(self, op: str, data: Any) -> None:
+        """Send one protocol frame on this link's WebSocket."""
+        if self.ws is None:
+            raise NotConnected("the link has no WebSocket yet")
+        await self.ws.send_message(encode_frame(op, data))
+
+    def acknowledge(self, seq: int) -> None:
+        """Mark ``seq`` acknowledged (for adapters whose acks are not frames)."""
+        self.connector._on_ack(seq)
+
+    def set_end(self, event: str, cause: str) -> None:
+        if self.end is None:
+            self.end = (event, cause)
+
+    def lost(self, cause: str) -> None:
+        """The link failed in a retryable way: ``fail`` while dialing, ``drop`` once open."""
+        self.set_end("fail" if self.opened_at is None else "drop", cause)
+
+
+class TransitionStream:
+    """An async iterator of :class:`~fsm.Transition` records, from its creation on."""
+
+    def __init__(self, connector: Connector) -> None:
+        self._connector = connector
+        self._send, self._receive = trio.open_memory_channel[Transition](math.inf)
+        connector._subscribers.add(self._send)
+        if not connector._running:
+            self._send.close()
+
+    def __aiter__(self) -> TransitionStream:
+        return self
+
+    async def __anext__(self) -> Transition:
+        try:
+            return await self._receive.receive()
+        except trio.EndOfChannel:
+            raise StopAsyncIteration from None
+
+    async def aclose(self) -> None:
+        """Stop receiving transitions."""
+        self._connector._subscribers.discard(self._send)
+        self._send.close()
+        await self._receive.aclose()
+
+
+class Connector:
+    """A lazily started, self-healing connection to a kernel server; see the module docstring.
+
+    Create it with :func:`open_connector`; every argument is documented there.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        protocol: KernelProtocol | None = None,
+        policy: RetryPolicy | None = None,
+        session_id: str | None = None,
+        heartbeat_interval: float | None = 20.0,
+        heartbeat_timeout: float = 20.0,
+        close_timeout: float = 5.0,
+        rng: random.Random | None = None,
+        edit_limit: int = DEFAULT_EDIT_LIMIT,
+        message_buffer: int = 10_000,
+        logger: Any = None,
+    ) -> None:
+        self.url = normalise_url(url)
+        if protocol is not None and not isinstance(protocol, KernelProtocol):
+            raise TypeError(f"protocol must be a KernelProtocol, got {type(protocol).__name__}")
+        self.protocol = protocol if protocol is not None else ReferenceProtocol()
+        if session_id is None:
+            session_id = f"s_{secrets.token_hex(6)}"
+        if not isinstance(session_id, str) or not session_id:
+            raise ValueError(f"session_id must be a non-empty str, got {session_id!r}")
+        self.session_id = session_id
+        if heartbeat_interval is not None:
+            _check_positive("heartbeat_interval", heartbeat_interval)
+        _check_positive("heartbeat_timeout", heartbeat_timeout)
+        _check_positive("close_timeout", close_timeout)
+        if isinstance(message_buffer, bool) or not isinstance(message_buffer, int) or (
+            message_buffer < 1
+        ):
+            raise ValueError(f"message_buffer must be an integer >= 1, got {message_buffer!r}")
+        self.heartbeat_interval = heartbeat_interval
+        self.heartbeat_timeout = heartbeat_timeout
+        self.close_timeout = close_timeout
+        base = logger if logger is not None else structlog.get_logger("fsm")
+        self._log = base.bind(session_id=session_id)
+        self._lc = ConnectionLifecycle(
+            policy,
+            rng,
+            edit_limit=edit_limit,
+            logger=self._log,
+            observers=[self._on_transition],
+        )
+        self._nursery: trio.Nursery | None = None
+        self._running = False
+        self._link: Link | None = None
+        self._timer: trio.CancelScope | None = None
+        self._changed = trio.Event()
+        self._subscribers: set[trio.MemorySendChannel[Transition]] = set()
+        self._messages_send, self._messages_receive = trio.open_memory_channel[Frame](
+            message_buffer
+        )
+        #: Counters for observability and tests.
+        self.stats = {"dials": 0, "bad_frames": 0, "messages_dropped": 0, "unknown_acks": 0}
+
+    # -- state (fast reads) ----------------------------------------------------------
+
+    @property
+    def lifecycle(self) -> ConnectionLifecycle:
+        """The sans-IO core this connector drives."""
+        return self._lc
+
+    @property
+    def state(self) -> ConnState:
+        return self._lc.state
+
+    @property
+    def phase(self) -> Phase | None:
+        return self._lc.phase
+
+    @property
+    def can_interact(self) -> bool:
+        return self._lc.can_interact
+
+    @property
+    def is_not_started(self) -> bool:
+        return self._lc.is_not_started
+
+    @property
+    def attempts(self) -> int:
+        return self._lc.attempts
+
+    @property
+    def close_reason(self) -> CloseReason | None:
+        return self._lc.close_reason
+
+    @property
+    def pending_edits(self) -> dict[str, str]:
+        """Edits not yet acknowledged by the server: cell id to latest code."""
+        return self._lc.pending_edits
+
+    @property
+    def policy(self) -> RetryPolicy:
+        return self._lc.policy
+
+    # -- the public API -----------------------------------------------------------------
+
+    def edit(self, cell_id: str, code: str) -> None:
+        """Record an edit; it is sent now if OPEN, else buffered until OPEN. Never blocks."""
+        effect = self._lc.edit(cell_id, code)
+        if effect is not None:
+            self._apply([effect])
+
+    async def connect(self) -> None:
+        """Start (or restart from CLOSED) and return once OPEN.
+
+        Raises :class:`~fsm.ConnectionFailed` when the cycle ends in CLOSED instead
+        (gave up, rejected, shut down or closed meanwhile).
+        """
+        self._check_running()
+        self._apply(self._lc.connect())
+        await self._until_open()
+
+    async def request(self, op: str, data: Any = None) -> Any:
+        """Send a request, starting a lazy connection and waiting for OPEN first.
+
+        Raises :class:`~fsm.NotConnected` while CLOSING or CLOSED (call
+        ``connect()``), or if the connection is lost before the request was sent.
+        """
+        if not isinstance(op, str) or not op:
+            raise ValueError(f"op must be a non-empty str, got {op!r}")
+        self._check_running()
+        self._apply(self._lc.request())
+        await self._until_open()
+        link = self._link
+        if link is None:  # pragma: no cover - OPEN always has a link
+            raise NotConnected("no open link")
+        request = _Request(op, data)
+        link.outbox_send.send_nowait(request)
+        await request.done.wait()
+        if request.error is not None:
+            raise request.error
+        return request.result
+
+    async def wait_for(self, state: ConnState) -> None:
+        """Return once the lifecycle is in ``state`` (bound it with ``trio.fail_after``)."""
+        state = ConnState(state)
+        while self._lc.state is not state:
+            await self._changed.wait()
+
+    def messages(self) -> trio.MemoryReceiveChannel[Frame]:
+        """Decoded server messages other than ready frames and acks (one consumer per message).
+
+        At most ``message_buffer`` are held for a slow consumer; beyond that new
+        messages are dropped with a ``messages_dropped`` warning.
+        """
+        return self._messages_receive.clone()
+
+    def transitions(self) -> TransitionStream:
+        """Every transition from now on, as :class:`~fsm.Transition` records."""
+        return TransitionStream(self)
+
+    async def aclose(self) -> None:
+        """Close: gracefully from OPEN (bounded by ``close_timeout``), at once elsewhere.
+
+        Idempotent. The connector can be started again with ``connect()`` while its
+        ``async with`` block is running.
+        """
+        state = self._lc.state
+        if state is ConnState.CLOSED:
+            return
+        self._apply(self._lc.close())
+        if self._lc.state is ConnState.CLOSING:
+            with trio.move_on_after(self.close_timeout + _RELEASE_TIMEOUT + 1):
+                await self.wait_for(ConnState.CLOSED)
+            if self._lc.state is ConnState.CLOSING:  # pragma: no cover - deadline passed twice
+                self._abandon()
+                self._apply(self._lc.close_finished())
+
+    # -- executing effects ---------------------------------------------------------------
+
+    def _check_running(self) -> None:
+        if not self._running or self._nursery is None:
+            raise LifecycleError(
+                "the connector is not running: use it inside `async with open_connector(...)`"
+            )
+
+    def _apply(self, effects: list[Effect]) -> None:
+        for effect in effects:
+            if isinstance(effect, Dial):
+                self._dial(effect)
+            elif isinstance(effect, Backoff):
+                self._start_timer(effect.delay)
+            elif isinstance(effect, Flush | SendEdit):
+                if self._link is not None:
+                    self._link.outbox_send.send_nowait(effect)
+            elif isinstance(effect, HangUp):
+                if effect.graceful:
+                    self._hang_up()
+                else:
+                    self._abandon()
+
+    def _dial(self, effect: Dial) -> None:
+        assert self._nursery is not None
+        link = Link(self, effect.attempt)
+        self._link = link
+        self.stats["dials"] += 1
+        self._nursery.start_soon(self._run_link, link, effect.timeout)
+
+    def _start_timer(self, delay: float) -> None:
+        assert self._nursery is not None
+        scope = trio.CancelScope()
+        self._timer = scope
+        self._nursery.start_soon(self._backoff, scope, delay)
+
+    async def _backoff(self, scope: trio.CancelScope, delay: float) -> None:
+        with scope:
+            await trio.sleep(delay)
+        if scope.cancelled_caught or self._timer is not scope:
+            return
+        self._timer = None
+        self._report(self._lc.retry)
+
+    def _hang_up(self) -> None:
+        link = self._link
+        if link is None:
+            return
+        link.closing = True
+        link.scope.deadline = min(link.scope.deadline, trio.current_time() + self.close_timeout)
+        link.outbox_send.send_nowait(_CLOSE)
+
+    def _abandon(self) -> None:
+        link, self._link = self._link, None
+        if link is not None:
+            link.abandoned = True
+            link.scope.cancel()
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
+
+    def _report(self, event: Callable[..., list[Effect]], *args: Any, **kwargs: Any) -> None:
+        """Feed one driver-side outcome to the lifecycle and carry out what follows."""
+        try:
+            effects = event(*args, **kwargs)
+        except InvalidTransition as exc:  # a driver bug; log it rather than kill the nursery
+            self._log.error("driver_event_rejected", error=str(exc))
+            return
+        self._apply(effects)
+
+    # -- one link: attempt, then open connection --------------------------------------
+
+    async def _run_link(self, link: Link, timeout: float) -> None:
+        link.scope.deadline = trio.current_time() + timeout
+        try:
+            with link.scope:
+                await self._dial_and_serve(link)
+        finally:
+            self._fail_waiting_requests(link)
+            with trio.CancelScope(shield=True), trio.move_on_after(_RELEASE_TIMEOUT):
+                try:
+                    await self.protocol.release(link)
+                except Exception as exc:
+                    self._log.warning("release_failed", cause=redact(describe(exc)))
+        if link.end is None and link.scope.cancelled_caught:
+            if link.closing:
+                link.set_end("close_finished", f"close timed out after {self.close_timeout:g} s")
+            elif link.opened_at is None:
+                link.lost(f"attempt timed out after {timeout:g} s")
+        self._finish_link(link)
+
+    def _finish_link(self, link: Link) -> None:
+        if link.abandoned or self._link is not link:
+            return
+        self._link = None
+        event, cause = link.end if link.end is not None else ("", "ended without a cause")
+        if link.closing:
+            self._report(self._lc.close_finished)
+        elif event == "reject":
+            self._report(self._lc.reject, cause)
+        elif event == "shutdown":
+            self._report(self._lc.shutdown, cause)
+        elif link.opened_at is None:
+            self._report(self._lc.fail, cause)
+        else:
+            uptime = trio.current_time() - link.opened_at
+            self._report(self._lc.drop, uptime, cause)
+
+    async def _dial_and_serve(self, link: Link) -> None:
+        try:
+            await self.protocol.prepare(link)
+            ws_url = self.protocol.websocket_url(self.url, self.session_id)
+            async with trio_websocket.open_websocket_url(
+                ws_url,
+                extra_headers=self.protocol.extra_headers(),
+                message_queue_size=64,
+                max_message_size=_TRANSPORT_MAX_MESSAGE,
+                connect_timeout=math.inf,  # our own deadline bounds the whole attempt
+                disconnect_timeout=self.close_timeout,
+            ) as ws:
+                link.ws = ws
+                frame = await self._await_ready(link, ws)
+                await self.protocol.on_ready(link, frame)
+                link.scope.deadline = math.inf
+                link.opened_at = trio.current_time()
+                self._report(self._lc.ready)
+                if self._link is link:
+                    await self._serve(link, ws)
+        except AttemptRejected as exc:
+            link.set_end("reject", redact(str(exc)))
+        except AttemptFailed as exc:
+            link.lost(redact(str(exc)))
+        except trio_websocket.ConnectionRejected as exc:
+            self._classify(link, self.protocol.classify_status(exc.status_code),
+                           f"handshake refused with HTTP {exc.status_code}")
+        except trio_websocket.ConnectionClosed as exc:
+            self._closed(link, exc)
+        except trio_websocket.HandshakeError as exc:
+            link.lost(redact(describe(exc.__cause__ or exc)))
+        except OSError as exc:
+            link.lost(redact(describe(exc)))
+        except Exception as exc:
+            self._log.error("unexpected_error", cause=redact(describe(exc)), attempt=link.attempt)
+            link.lost(redact(describe(exc)))
+
+    def _classify(self, link: Link, verdict: Verdict, cause: str) -> None:
+        if verdict is Verdict.REJECT:
+            link.set_end("reject", cause)
+        elif verdict is Verdict.SHUTDOWN:
+            link.set_end("shutdown", cause)
+        else:
+            link.lost(cause)
+
+    def _closed(self, link: Link, exc: trio_websocket.ConnectionClosed) -> None:
+        code = getattr(exc.reason, "code", None)
+        reason = getattr(exc.reason, "reason", None)
+        cause = f"closed with code {code}" + (f" ({redact(reason)})" if reason else "")
+        self._classify(link, self.protocol.classify_close(code, reason), cause)
+
+    async def _await_ready(
+        self, link: Link, ws: trio_websocket.WebSocketConnection
+    ) -> Frame:
+        while True:
+            frame = self._decode(await ws.get_message())
+            if frame is None:
+                continue
+            if self.protocol.is_ready(frame):
+                return frame
+            self._on_frame(link, frame)
+
+    async def _serve(self, link: Link, ws: trio_websocket.WebSocketConnection) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._sender, link, ws, nursery.cancel_scope)
+            if self.heartbeat_interval is not None:
+                nursery.start_soon(self._heartbeat, link, ws, nursery.cancel_scope)
+            try:
+                while True:
+                    frame = self._decode(await ws.get_message())
+                    if frame is not None:
+                        if self.protocol.is_ready(frame):
+                            self._bad_frame("a second ready frame while open")
+                        else:
+                            self._on_frame(link, frame)
+            except trio_websocket.ConnectionClosed as exc:
+                self._closed(link, exc)
+            finally:
+                nursery.cancel_scope.cancel()
+
+    async def _sender(
+        self, link: Link, ws: trio_websocket.WebSocketConnection, done: trio.CancelScope
+    ) -> None:
+        try:
+            async for item in link.outbox_receive:
+                if isinstance(item, Flush):
+                    await self.protocol.flush(link, item.batch)
+                elif isinstance(item, SendEdit):
+                    await self.protocol.send_edit(link, item)
+                elif isinstance(item, _Request):
+                    try:
+                        item.result = await self.protocol.request(link, item.op, item.data)
+                    except (AttemptFailed, AttemptRejected, ValueError) as exc:
+                        item.error = NotConnected(f"request {item.op!r} failed: {exc}")
+                    item.done.set()
+                else:
+                    await ws.aclose(1000, "client closing")
+                    link.set_end("close_finished", "closed by the client")
+                    done.cancel()
+                    return
+        except trio_websocket.ConnectionClosed as exc:
+            self._closed(link, exc)
+            done.cancel()
+        except AttemptRejected as exc:
+            link.set_end("reject", redact(str(exc)))
+            done.cancel()
+        except (AttemptFailed, OSError) as exc:
+            link.lost(redact(describe(exc)))
+            done.cancel()
+        except Exception as exc:
+            self._log.error("unexpected_error", cause=redact(describe(exc)), task="sender")
+            link.lost(redact(describe(exc)))
+            done.cancel()
+
+    async def _heartbeat(
+        self, link: Link, ws: trio_websocket.WebSocketConnection, done: trio.CancelScope
+    ) -> None:
+        assert self.heartbeat_interval is not None
+        try:
+            while True:
+                await trio.sleep(self.heartbeat_interval)
+                with trio.move_on_after(self.heartbeat_timeout) as waited:
+                    await ws.ping()
+                if waited.cancelled_caught:
+                    link.lost(f"no pong within {self.heartbeat_timeout:g} s")
+                    done.cancel()
+                    return
+        except trio_websocket.ConnectionClosed:
+            return  # the reader reports how it closed
+
+    def _fail_waiting_requests(self, link: Link) -> None:
+        link.outbox_send.close()
+        while True:
+            try:
+                item = link.outbox_receive.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                break
+            if isinstance(item, _Request) and not item.done.is_set():
+                item.error = NotConnected(
+                    f"the connection was lost before request {item.op!r} was sent; send it again"
+                )
+                item.done.set()
+
+    # -- frames -----------------------------------------------------------------------------
+
+    def _decode(self, message: str | bytes) -> Frame | None:
+        try:
+            return decode_frame(message)
+        except BadFrame as exc:
+            self._bad_frame(exc.reason)
+            return None
+
+    def _bad_frame(self, reason: str) -> None:
+        self.stats["bad_frames"] += 1
+        self._log.warning("bad_frame", reason=reason)
+
+    def _on_frame(self, link: Link, frame: Frame) -> None:
+        try:
+            seq = self.protocol.ack_seq(frame)
+        except ValueError as exc:
+            self._bad_frame(str(exc))
+            return
+        if seq is not None:
+            self._on_ack(seq)
+            return
+        try:
+            self._messages_send.send_nowait(frame)
+        except trio.WouldBlock:
+            self.stats["messages_dropped"] += 1
+            self._log.warning("messages_dropped", op=frame.op, reason="message buffer full")
+
+    def _on_ack(self, seq: int) -> None:
+        if not self._lc.ack(seq):
+            self.stats["unknown_acks"] += 1
+            self._log.warning("unknown_ack", seq=seq)
+
+    # -- waiting on transitions ------------------------------------------------------------
+
+    def _on_transition(self, change: Transition) -> None:
+        changed, self._changed = self._changed, trio.Event()
+        changed.set()
+        for subscriber in list(self._subscribers):
+            try:
+                subscriber.send_nowait(change)
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                self._subscribers.discard(subscriber)
+
+    async def _until_open(self) -> None:
+        while True:
+            state = self._lc.state
+            if state is ConnState.OPEN:
+                return
+            if state is ConnState.CLOSED:
+                reason = self._lc.close_reason or CloseReason.USER
+                raise ConnectionFailed(reason, self._lc.attempts, self._lc.last_cause)
+            await self._changed.wait()
+
+    # -- running -----------------------------------------------------------------------------
+
+    async def _shutdown(self) -> None:
+        with trio.CancelScope(shield=True):
+            with trio.move_on_after(self.close_timeout + _RELEASE_TIMEOUT + 1):
+                await self.aclose()
+            self._abandon()
+        self._running = False
+        self._messages_send.close()
+        for subscriber in list(self._subscribers):
+            subscriber.close()
+        self._subscribers.clear()
+
+
+def _check_positive(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not (
+        0 < value < math.inf
+    ):
+        raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+
+
+@asynccontextmanager
+async def open_connector(
+    url: str,
+    *,
+    protocol: KernelProtocol | None = None,
+    policy: RetryPolicy | None = None,
+    lazy: bool = True,
+    session_id: str | None = None,
+    heartbeat_interval: float | None = 20.0,
+    heartbeat_timeout: float = 20.0,
+    close_timeout: float = 5.0,
+    rng: random.Random | None = None,
+    edit_limit: int = DEFAULT_EDIT_LIMIT,
+    message_buffer: int = 10_000,
+    logger: Any = None,
+) -> AsyncIterator[Connector]:
+    """Open a :class:`Connector` to the kernel server at ``url``.
+
+    ``url`` is ``ws://``, ``wss://``, ``http://`` or ``https://`` with a host
+    (anything else is a ``ValueError`` here, not a retry loop). ``protocol`` is
+    the adapter (default :class:`~fsm.ReferenceProtocol`); ``policy`` the
+    :class:`~fsm.RetryPolicy`. With ``lazy=True`` (the default) nothing happens
+    until the first ``connect()`` or ``request()``; ``lazy=False`` starts
+    connecting on entry without waiting. ``session_id`` defaults to a random one.
+    Every ``heartbeat_interval`` seconds (``None``: never) a ping must be answered
+    within ``heartbeat_timeout`` or the connection counts as dropped. A graceful
+    close waits at most ``close_timeout``. ``rng`` draws back-off jitter;
+    ``edit_limit`` bounds the edit buffer; ``message_buffer`` bounds unread
+    messages; ``logger`` is a structlog logger (``session_id`` is bound to it).
+
+    On leaving the block the connector closes (gracefully if OPEN, shielded and
+    bounded by ``close_timeout``) and every task and socket it started is gone.
+    """
+    connector = Connector(
+        url,
+        protocol=protocol,
+        policy=policy,
+        session_id=session_id,
+        heartbeat_interval=heartbeat_interval,
+        heartbeat_timeout=heartbeat_timeout,
+        close_timeout=close_timeout,
+        rng=rng,
+        edit_limit=edit_limit,
+        message_buffer=message_buffer,
+        logger=logger,
+    )
+    connector._log.debug("connector_opened", url=redact_url(url), lazy=lazy)
+    body_error: BaseException | None = None
+    async with trio.open_nursery() as nursery:
+        connector._nursery = nursery
+        connector._running = True
+        try:
+            if not lazy:
+                connector._apply(connector._lc.connect())
+            yield connector
+        except BaseException as exc:
+            # Re-raised below, outside the nursery, so callers see their own
+            # exception rather than an ExceptionGroup wrapping it.
+            body_error = exc
+        finally:
+            await connector._shutdown()
+            nursery.cancel_scope.cancel()
+    if body_error is not None:
+        raise body_error

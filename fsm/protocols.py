@@ -1,0 +1,184 @@
+"""Protocol adapters: how "ready", "flush", "edit" and "ack" look on the wire.
+
+The connector owns sockets, timers and the lifecycle; an adapter only says what
+to send and how to read what arrives. Two ship: :class:`ReferenceProtocol`
+(DESIGN.md section 6, spoken by :mod:`fsm.server`) and
+:class:`fsm.marimo.MarimoProtocol` for a real marimo server.
+
+An adapter's hooks run inside the connector's tasks:
+
+- ``websocket_url`` builds the endpoint for one attempt;
+- ``prepare`` runs before the handshake (a health check, say) and raises
+  :class:`AttemptFailed` (retry) or :class:`AttemptRejected` (give up for good);
+- ``is_ready`` recognises the frame that completes an attempt;
+- ``flush``, ``send_edit`` and ``request`` send, in order, from one sender task;
+- ``ack_seq`` reads acknowledgements; ``classify_close`` and ``classify_status``
+  turn close codes and handshake statuses into a :class:`Verdict`.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from fsm._frames import Frame
+
+if TYPE_CHECKING:
+    from fsm._buffer import FlushBatch
+    from fsm.connector import Link
+    from fsm.lifecycle import SendEdit
+
+__all__ = [
+    "AttemptFailed",
+    "AttemptRejected",
+    "KernelProtocol",
+    "ReferenceProtocol",
+    "Verdict",
+    "normalise_url",
+]
+
+
+class Verdict(enum.StrEnum):
+    """What a close code or handshake status means for the lifecycle."""
+
+    RETRY = "RETRY"  #: a transient loss: retry with back-off
+    REJECT = "REJECT"  #: fatal: CLOSED(REJECTED), no automatic retry
+    SHUTDOWN = "SHUTDOWN"  #: the server announced its shutdown: CLOSED(SHUTDOWN)
+
+
+class AttemptFailed(Exception):
+    """Raised by an adapter hook: this attempt failed, and retrying may help."""
+
+
+class AttemptRejected(Exception):
+    """Raised by an adapter hook: the server refuses for good; do not retry."""
+
+
+_SCHEMES = {"ws": "ws", "wss": "wss", "http": "ws", "https": "wss"}
+
+
+def normalise_url(url: str) -> str:
+    """Check a server URL: ws, wss, http or https with a host; raise ValueError otherwise."""
+    if not isinstance(url, str):
+        raise ValueError(f"url must be a str, got {type(url).__name__}")
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # parses the port, raising ValueError if it is not a number
+    except ValueError as exc:
+        raise ValueError(f"invalid server URL: {exc}") from None
+    if parts.scheme not in _SCHEMES:
+        raise ValueError(
+            f"server URL scheme must be one of ws, wss, http, https; got {parts.scheme or 'none'!r}"
+        )
+    if not parts.hostname:
+        raise ValueError("server URL has no host")
+    del port
+    return url
+
+
+class KernelProtocol:
+    """Base adapter; subclasses override what differs. See the module docstring."""
+
+    name = "kernel"
+    #: The frame op that completes an attempt.
+    ready_op = "kernel-ready"
+    #: Extra ops accepted as "ready" (marimo's ``reconnected``).
+    ready_ops: frozenset[str] = frozenset({"kernel-ready"})
+
+    def websocket_url(self, url: str, session_id: str) -> str:
+        """The WebSocket endpoint for ``url``: ws(s) scheme, ``/ws`` path, ``session_id``."""
+        parts = urlsplit(url)
+        path = parts.path if parts.path not in ("", "/") else "/ws"
+        query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)]
+        query = [(k, v) for k, v in query if k != "session_id"]
+        query.insert(0, ("session_id", session_id))
+        query.extend(self.extra_query())
+        return urlunsplit((_SCHEMES[parts.scheme], parts.netloc, path, urlencode(query), ""))
+
+    def extra_query(self) -> list[tuple[str, str]]:
+        """Query parameters this protocol adds to the WebSocket URL."""
+        return []
+
+    def extra_headers(self) -> list[tuple[bytes, bytes]]:
+        """HTTP headers sent with the WebSocket handshake."""
+        return []
+
+    async def prepare(self, link: Link) -> None:
+        """Run before the handshake; raise AttemptFailed or AttemptRejected to stop it."""
+
+    def is_ready(self, frame: Frame) -> bool:
+        """Whether ``frame`` completes the attempt."""
+        return frame.op in self.ready_ops
+
+    async def on_ready(self, link: Link, frame: Frame) -> None:
+        """Run once the ready frame arrived, before the connection counts as OPEN."""
+
+    async def flush(self, link: Link, batch: FlushBatch) -> None:
+        """Send the edits buffered before OPEN (once per entry into OPEN)."""
+        raise NotImplementedError
+
+    async def send_edit(self, link: Link, edit: SendEdit) -> None:
+        """Send one edit made while OPEN."""
+        raise NotImplementedError
+
+    async def request(self, link: Link, op: str, data: Any) -> Any:
+        """Send a request: by default, one frame; the result is returned by ``request()``."""
+        await link.send_frame(op, data)
+        return None
+
+    def ack_seq(self, frame: Frame) -> int | None:
+        """The sequence number ``frame`` acknowledges, or None if it is not an ack."""
+        return None
+
+    def classify_close(self, code: int | None, reason: str | None) -> Verdict:
+        """What a close with ``code`` and ``reason`` means."""
+        if code == 1000 and reason == "SHUTDOWN":
+            return Verdict.SHUTDOWN
+        if code == 1008 or (code is not None and 3000 <= code <= 3999):
+            return Verdict.REJECT
+        return Verdict.RETRY
+
+    def classify_status(self, status: int) -> Verdict:
+        """What a refused handshake with HTTP ``status`` means."""
+        return Verdict.REJECT if status in (401, 403) else Verdict.RETRY
+
+    async def release(self, link: Link) -> None:
+        """Free what ``prepare`` acquired; runs when the link ends, shielded and bounded."""
+
+
+class ReferenceProtocol(KernelProtocol):
+    """The reference kernel protocol (DESIGN.md section 6), spoken by :mod:`fsm.server`.
+
+    ``token``, if given, is sent as a bearer ``Authorization`` header (a token in
+    the URL's query works too); neither ever reaches a log line.
+    """
+
+    name = "reference"
+
+    def __init__(self, token: str | None = None) -> None:
+        self._token = token
+
+    def extra_headers(self) -> list[tuple[bytes, bytes]]:
+        if self._token is None:
+            return []
+        return [(b"Authorization", f"Bearer {self._token}".encode())]
+
+    async def flush(self, link: Link, batch: FlushBatch) -> None:
+        await link.send_frame(
+            "instantiate", {"seq": batch.seq, "codes": batch.codes, "auto_run": True}
+        )
+
+    async def send_edit(self, link: Link, edit: SendEdit) -> None:
+        await link.send_frame(
+            "edit", {"seq": edit.seq, "cell_id": edit.cell_id, "code": edit.code}
+        )
+
+    def ack_seq(self, frame: Frame) -> int | None:
+        if frame.op != "ack":
+            return None
+        data = frame.data
+        seq = data.get("seq") if isinstance(data, dict) else None
+        if isinstance(seq, bool) or not isinstance(seq, int):
+            raise ValueError(f"ack without an integer seq: {data!r:.80}")
+        return seq
