@@ -305,6 +305,11 @@ class Connector:
         while self._lc.state is not state:
             await self._changed.wait()
 
+    async def wait_acked(self) -> None:
+        """Return once OPEN with every edit acknowledged (bound it with ``trio.fail_after``)."""
+        while self._lc.state is not ConnState.OPEN or self._lc.buffer:
+            await self._changed.wait()
+
     def messages(self) -> trio.MemoryReceiveChannel[Frame]:
         """Decoded server messages other than ready frames and acks (one consumer per message).
 
@@ -614,15 +619,21 @@ class Connector:
             self._log.warning("messages_dropped", op=frame.op, reason="message buffer full")
 
     def _on_ack(self, seq: int) -> None:
-        if not self._lc.ack(seq):
+        if self._lc.ack(seq):
+            self._wake()
+        else:
             self.stats["unknown_acks"] += 1
             self._log.warning("unknown_ack", seq=seq)
 
     # -- waiting on transitions ------------------------------------------------------------
 
-    def _on_transition(self, change: Transition) -> None:
+    def _wake(self) -> None:
+        # One Event per generation: setting it wakes every waiter, replacing it arms the next.
         changed, self._changed = self._changed, trio.Event()
         changed.set()
+
+    def _on_transition(self, change: Transition) -> None:
+        self._wake()
         for subscriber in list(self._subscribers):
             try:
                 subscriber.send_nowait(change)

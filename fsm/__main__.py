@@ -1,0 +1,10 @@
+"""``python -m fsm``: the same as the ``fsm`` command."""
+
+from __future__ import annotations
+
+import sys
+
+from fsm._cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,22 @@
+"""Shared test configuration: Hypothesis profiles.
+
+Pick one with the ``HYPOTHESIS_PROFILE`` environment variable:
+
+- ``dev`` (default): 100 examples per property, no deadline.
+- ``ci``: derandomized (the same examples on every run), 200 examples, no deadline,
+  and a reproduction blob printed for every failure.
+- ``long``: 5000 examples, no deadline; for a nightly or a hunt.
+"""
+
+from __future__ import annotations
+
+import os
+
+from hypothesis import settings
+
+settings.register_profile("dev", max_examples=100, deadline=None)
+settings.register_profile(
+    "ci", derandomize=True, max_examples=200, deadline=None, print_blob=True
+)
+settings.register_profile("long", max_examples=5000, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
