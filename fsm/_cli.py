@@ -7,6 +7,7 @@ a command runs, never on import).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import random
 import sys
@@ -27,7 +28,9 @@ class _NamedPrintLogger(structlog.PrintLogger):
         self.name = name or ""
 
 
-def configure_logging(*, json_lines: bool, hide: frozenset[str] = frozenset(), stream: TextIO) -> None:
+def configure_logging(
+    *, json_lines: bool, stream: TextIO, hide: frozenset[str] = frozenset()
+) -> None:
     """Print structured log lines: coloured on a terminal, JSON lines with ``json_lines``."""
 
     def factory(*args: Any) -> _NamedPrintLogger:
@@ -57,16 +60,18 @@ def configure_logging(*, json_lines: bool, hide: frozenset[str] = frozenset(), s
 
 def format_schedule(policy: RetryPolicy) -> str:
     """The retry schedule as a Markdown table (used by ``fsm schedule`` and the docs)."""
-    rows = ["| after failed attempt | nominal wait (s) | with full jitter (s) | elapsed, at most (s) |",
-            "|---:|---:|---:|---:|"]
+    rows = [
+        "| after failed attempt | nominal wait (s) | with full jitter (s) | elapsed, at most (s) |",
+        "|---:|---:|---:|---:|",
+    ]
     elapsed = 0.0
     for failures, delay in enumerate(policy.delays(), start=1):
         elapsed += delay
         low = delay * (1 - policy.jitter)
-        rows.append(f"| {failures} | {delay:.3f} | {low:.3f} – {delay:.3f} | {elapsed:.1f} |")
+        rows.append(f"| {failures} | {delay:.3f} | {low:.3f} to {delay:.3f} | {elapsed:.1f} |")
     rows.append(
         f"| {policy.max_attempts} | gives up: CLOSED(GAVE_UP) | | {elapsed:.1f} + "
-        f"{policy.max_attempts} × connect_timeout |"
+        f"{policy.max_attempts} x connect_timeout |"
     )
     return "\n".join(rows)
 
@@ -104,10 +109,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from fsm.server import main as serve_main
 
     configure_logging(json_lines=args.json, stream=sys.stderr)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         trio.run(serve_main, args.port, args.host, args.token)
-    except KeyboardInterrupt:  # pragma: no cover - interactive
-        pass
     return 0
 
 
