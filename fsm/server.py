@@ -606,7 +606,7 @@ class KernelServer:
                 # time-out only guards against a wsproto refusal we failed to foresee.
                 ws_request = await wrap_server_stream(nursery, stream)
             if ws_request is None:
-                pass
+                log.warning("handshake_timeout", session_id=session_id)
             elif status is None:
                 ws = await ws_request.accept()
                 conn.ws = ws
@@ -641,13 +641,13 @@ class KernelServer:
 
     def _authorized(self, request: _Request) -> bool:
         assert self._token is not None
-        tokens = request.query.get("token")
-        offered = tokens[0] if tokens else None
+        offered = list(request.query.get("token", []))
         auth = request.headers.get("authorization", "")
         if auth[:7].lower() == "bearer ":
-            offered = offered or auth[7:].strip()
+            offered.append(auth[7:].strip())
+        expected = self._token.encode()
         # Constant-time comparison: the token is a secret (and is never logged).
-        return offered is not None and hmac.compare_digest(offered.encode(), self._token.encode())
+        return any(hmac.compare_digest(t.encode(), expected) for t in offered)
 
     async def _refuse_raw(self, conn: _Conn, status: int) -> None:
         self.rejections.append(status)
