@@ -35,9 +35,7 @@ def notebook_cells(path: str | os.PathLike[str]) -> list[tuple[str, str]]:
     """
     file = Path(path)
     if not file.exists():
-        raise FileNotFoundError(
-            errno.ENOENT, f"marimo notebook not found: {str(file)!r}", str(file)
-        )
+        raise FileNotFoundError(errno.ENOENT, "marimo notebook not found", str(file))
     if not file.is_file():
         raise ValueError(f"not a marimo notebook (not a regular file): {str(file)!r}")
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -121,7 +122,7 @@ class MarimoServer:
         self.stop_timeout = stop_timeout
         self.extra_args = list(extra_args)
         self._log_dir = Path(log_dir) if log_dir is not None else None
-        self._own_log_dir: tempfile.TemporaryDirectory[str] | None = None
+        self._own_log_dir: Path | None = None
         self._process: trio.Process | None = None
         self._log_file: IO[bytes] | None = None
         self._starts = 0
@@ -188,12 +189,13 @@ class MarimoServer:
                 stderr=self._log_file,
                 cwd=str(self.notebook.parent),
                 env=env,
-                start_new_session=True,  # own process group: the kernel dies with it
+                start_new_session=True,  # own process group, signalled as a whole
             )
             await self._wait_healthy()
         except BaseException:
             with trio.CancelScope(shield=True):
                 await self._terminate(signal.SIGKILL)
+                await self._cleanup()
             raise
 
     async def stop(self) -> None:
@@ -217,7 +219,7 @@ class MarimoServer:
             await self.stop()
         finally:
             if self._own_log_dir is not None:
-                self._own_log_dir.cleanup()
+                shutil.rmtree(self._own_log_dir, ignore_errors=True)
                 self._own_log_dir = None
 
     # -- HTTP helpers --------------------------------------------------------------------
@@ -248,8 +250,8 @@ class MarimoServer:
             self._log_dir.mkdir(parents=True, exist_ok=True)
             return self._log_dir
         if self._own_log_dir is None:
-            self._own_log_dir = tempfile.TemporaryDirectory(prefix="marimo-server-")
-        return Path(self._own_log_dir.name)
+            self._own_log_dir = Path(tempfile.mkdtemp(prefix="marimo-server-"))
+        return self._own_log_dir
 
     async def _wait_healthy(self) -> None:
         process = self._process
