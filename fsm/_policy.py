@@ -25,7 +25,7 @@ class RetryPolicy:
     ``max_delay = 10.0``
         partysocket's cap; gRPC (120 s) and websockets (90 s) cap much later, which
         leaves a person staring at "connecting" for minutes. With these values the
-        whole schedule of 24 waits is at most about 3.4 minutes (half that on average).
+        whole schedule of 24 waits is at most about 3.2 minutes (half that on average).
     ``jitter = 1.0``
         Full jitter: each delay is drawn uniformly from ``[(1 - jitter) * d, d]``
         where ``d`` is the nominal delay. AWS's study of backoff found full jitter
@@ -81,8 +81,10 @@ class RetryPolicy:
         """The un-jittered wait after the ``failures``-th failed attempt (1-based)."""
         if failures < 1:
             raise ValueError(f"failures must be >= 1, got {failures!r}")
-        # Cap the exponent first: 1.6 ** 2000 overflows a float.
-        growth = self.multiplier ** min(failures - 1, 1000)
+        try:
+            growth = self.multiplier ** (failures - 1)
+        except OverflowError:  # 3.0 ** 1000 overflows a float: far past any cap
+            return self.max_delay
         return min(self.max_delay, self.initial_delay * growth)
 
     def backoff(self, failures: int, rng: random.Random | None) -> float:

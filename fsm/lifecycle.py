@@ -156,13 +156,17 @@ class _LifecycleMachine(StateMachine):
         not_started.to(connecting, cond="is_not_started")
         | closed.to(connecting, on="start_new_cycle")
         | closing.to.itself(internal=True, on="request_reconnect")  # type: ignore[no-untyped-call]
-        | connecting.to.itself(internal=True)  # type: ignore[attr-defined]
+        # No-ops on the leaves: an internal self-transition on the compound state
+        # re-enters its initial substate (SCXML), which would dial again.
+        | connecting.dialing.to.itself(internal=True)  # type: ignore[no-untyped-call]
+        | connecting.backing_off.to.itself(internal=True)  # type: ignore[no-untyped-call]
         | open.to.itself(internal=True)  # type: ignore[no-untyped-call]
     )
     # The first use of a lazy connection starts it; later ones need nothing.
     request = (
         not_started.to(connecting, cond="is_not_started")
-        | connecting.to.itself(internal=True)  # type: ignore[attr-defined]
+        | connecting.dialing.to.itself(internal=True)  # type: ignore[no-untyped-call]
+        | connecting.backing_off.to.itself(internal=True)  # type: ignore[no-untyped-call]
         | open.to.itself(internal=True, cond="can_interact")  # type: ignore[no-untyped-call]
     )
     # The server said it is ready: the edit buffer is flushed on this transition.
@@ -264,7 +268,9 @@ class _LifecycleMachine(StateMachine):
         self._owner._close_reason = None
 
     def after_transition(self, event: str, source: State, target: State) -> None:
-        self._owner._after_transition(event, source.id, target.id)
+        # ``event`` is the engine's BoundEvent (a str subclass that holds the machine
+        # and reprs as BoundEvent(...)): records and logs get the plain name.
+        self._owner._after_transition(str(event), source.id, target.id)
 
 
 # -- the public core ----------------------------------------------------------------
@@ -298,13 +304,17 @@ class TransitionLogger:
             fields["reason"] = change.reason.value
         if change.cause is not None:
             fields["cause"] = change.cause
-        if change.reason in (CloseReason.GAVE_UP, CloseReason.REJECTED):
+        if change.source is not ConnState.CLOSED and change.reason in (
+            CloseReason.GAVE_UP,
+            CloseReason.REJECTED,
+        ):
             self._logger.warning(change.event, **fields)
         else:
             self._logger.info(change.event, **fields)
 
 
 _INTERACTIVE: Final = frozenset({ConnState.NOT_STARTED, ConnState.OPEN})
+_log = structlog.get_logger("fsm")
 
 
 class ConnectionLifecycle:
@@ -484,8 +494,6 @@ class ConnectionLifecycle:
     def _after_transition(self, event: str, source_id: str, target_id: str) -> None:
         source, _ = _STATE_OF[source_id]
         target, phase = _STATE_OF[target_id]
-        if source_id == "connecting" and target_id == "connecting":
-            phase = self._phase  # an internal no-op keeps the phase it had
         self._state = target
         self._phase = phase
         change = Transition(
@@ -499,4 +507,9 @@ class ConnectionLifecycle:
             cause=None if self._cause is None else redact(describe(self._cause)),
         )
         for observer in self.observers:
-            observer(change)
+            try:
+                observer(change)
+            except Exception:
+                # The transition has happened and its effects must reach the driver:
+                # a failing observer is logged, never allowed to break the lifecycle.
+                _log.exception("observer_failed", observer=repr(observer))

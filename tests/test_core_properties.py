@@ -1,0 +1,517 @@
+"""Stateful property tests of the sans-IO core against an independent model (DESIGN.md section 8).
+
+``LifecycleModel`` drives a ConnectionLifecycle with every event in every state, with
+edits and acknowledgements, and a model server that applies what it receives in order.
+It predicts each event's outcome from the contract in DESIGN.md section 3 (not from
+the implementation) and checks the core's invariants after every step.
+
+``HealthyServer`` checks that from every reachable state a user connect reaches OPEN
+when the server is healthy (invariant 2, core part).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
+
+from fsm import (
+    Backoff,
+    CloseReason,
+    ConnectionLifecycle,
+    ConnState,
+    Dial,
+    Effect,
+    Flush,
+    HangUp,
+    InvalidTransition,
+    NotConnected,
+    Phase,
+    RetryPolicy,
+    SendEdit,
+    Transition,
+)
+
+EVENTS = (
+    "connect",
+    "request",
+    "ready",
+    "fail",
+    "retry",
+    "drop",
+    "reject",
+    "shutdown",
+    "close",
+    "close_finished",
+)
+CELLS = st.sampled_from(["a", "b", "c", "d", "e"])
+CODES = st.text(alphabet="xyz= 01", max_size=6)
+UPTIMES = st.sampled_from([0.0, 1.0, 4.999, 5.0, 30.0])
+MIN_UPTIME = 5.0
+STATEFUL = settings(stateful_step_count=50)
+
+NS, CN, OP, CG, CD = (
+    ConnState.NOT_STARTED,
+    ConnState.CONNECTING,
+    ConnState.OPEN,
+    ConnState.CLOSING,
+    ConnState.CLOSED,
+)
+DIALING, BACKING_OFF = Phase.DIALING, Phase.BACKING_OFF
+
+
+@dataclass
+class Expected:
+    """The model's prediction for one event."""
+
+    state: ConnState
+    phase: Phase | None
+    attempts: int
+    reason: CloseReason | None
+    reconnect: bool
+    effects: list[type]  # the kinds of effect, in order
+    backoff_failures: int = 0  # the failure count whose delay a Backoff must carry
+
+
+@dataclass
+class Model:
+    """What the contract says the lifecycle's state is."""
+
+    max_attempts: int
+    state: ConnState = NS
+    phase: Phase | None = None
+    attempts: int = 0
+    reason: CloseReason | None = None
+    reconnect: bool = False
+
+    def valid(self, event: str) -> bool:
+        return self.predict(event, 0.0) is not None
+
+    def predict(self, event: str, uptime: float) -> Expected | None:
+        """The outcome of ``event`` per DESIGN.md section 3, or None if it is invalid."""
+        s, p, a, r, rec = self.state, self.phase, self.attempts, self.reason, self.reconnect
+
+        def to(
+            state: ConnState,
+            phase: Phase | None = None,
+            *,
+            attempts: int = a,
+            reason: CloseReason | None = None,
+            reconnect: bool = False,
+            effects: tuple[type, ...] = (),
+        ) -> Expected:
+            return Expected(state, phase, attempts, reason, reconnect, list(effects))
+
+        def failure(attempts: int) -> Expected:
+            if attempts < self.max_attempts:
+                out = to(CN, BACKING_OFF, attempts=attempts, effects=(Backoff,))
+                out.backoff_failures = max(1, attempts)
+                return out
+            return to(CD, attempts=attempts, reason=CloseReason.GAVE_UP)
+
+        if event in ("connect", "request"):
+            if s is NS:
+                return to(CN, DIALING, attempts=0, effects=(Dial,))
+            if s in (CN, OP):
+                return to(s, p, reason=r)
+            if s is CG:
+                return to(CG, reconnect=True) if event == "connect" else None
+            if s is CD:
+                return to(CN, DIALING, attempts=0, effects=(Dial,)) if event == "connect" else None
+        if event == "ready" and p is DIALING:
+            return to(OP, effects=(Flush,))
+        if event == "fail" and p is DIALING:
+            return failure(a + 1)
+        if event == "retry" and p is BACKING_OFF:
+            return to(CN, DIALING, effects=(Dial,))
+        if event == "drop" and s is OP:
+            if uptime >= MIN_UPTIME:
+                out = to(CN, BACKING_OFF, attempts=0, effects=(Backoff,))
+                out.backoff_failures = 1
+                return out
+            return failure(a + 1)
+        if event in ("reject", "shutdown") and (p is DIALING or s is OP):
+            reason = CloseReason.REJECTED if event == "reject" else CloseReason.SHUTDOWN
+            return to(CD, reason=reason)
+        if event == "close":
+            if s is NS:
+                return to(CD, reason=CloseReason.USER)
+            if s is CN:
+                return to(CD, reason=CloseReason.USER, effects=(HangUp,))
+            if s is OP:
+                return to(CG, effects=(HangUp,))
+            if s is CG:
+                return to(CG, reconnect=False)
+            return to(CD, reason=r)
+        if event == "close_finished" and s is CG:
+            if rec:
+                return to(CN, DIALING, attempts=0, effects=(Dial,))
+            return to(CD, reason=CloseReason.USER)
+        return None
+
+
+@dataclass
+class Outstanding:
+    """What the driver has in flight: the last Dial or Backoff not yet resolved."""
+
+    effect: Dial | Backoff | None = None
+    history: list[Effect] = field(default_factory=list)
+
+    def resolve(self, event: str, before: ConnState, effects: list[Effect]) -> None:
+        """Update from one accepted event and its effects, asserting nothing is doubled."""
+        if before is CN and event in ("ready", "fail", "reject", "shutdown"):
+            assert isinstance(self.effect, Dial), (event, self.effect)
+            self.effect = None
+        if event == "retry":
+            assert isinstance(self.effect, Backoff), (event, self.effect)
+            self.effect = None
+        for effect in effects:
+            self.history.append(effect)
+            if isinstance(effect, HangUp) and not effect.graceful:
+                assert self.effect is not None, "HangUp(graceful=False) with nothing in flight"
+                self.effect = None
+            if isinstance(effect, Dial | Backoff):
+                assert self.effect is None, f"{effect} while {self.effect} is still in flight"
+                self.effect = effect
+
+
+class LifecycleModel(RuleBasedStateMachine):
+    """Random events, edits and acks against a model; the invariants hold at every step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lc: ConnectionLifecycle
+
+    @initialize(
+        max_attempts=st.integers(min_value=1, max_value=4),
+        jitter=st.sampled_from([0.0, 0.5, 1.0]),
+        seed=st.integers(min_value=0, max_value=2**32 - 1),
+    )
+    def start(self, max_attempts: int, jitter: float, seed: int) -> None:
+        """A fresh lifecycle with a small random policy and a seeded rng starts NOT_STARTED."""
+        policy = RetryPolicy(max_attempts=max_attempts, jitter=jitter, min_uptime=MIN_UPTIME)
+        self.transitions: list[Transition] = []
+        self.lc = ConnectionLifecycle(
+            policy, random.Random(seed), observers=[self.transitions.append],
+            log_transitions=False,
+        )  # fmt: skip
+        self.mirror = random.Random(seed)  # draws what the lifecycle's rng must draw
+        self.model = Model(max_attempts)
+        self.out = Outstanding()
+        self.started = False  # a connect or request was accepted
+        self.events_sent = False  # any event method was called
+        self.entries_into_open = 0
+        self.flushes = 0
+        # Edits: the client's latest code per cell, the cells the buffer must hold (in
+        # first-edit order), and for each the seq of the message carrying its latest
+        # code (None while not sent on the current connection).
+        self.latest: dict[str, str] = {}
+        self.order: list[str] = []
+        self.carried_by: dict[str, int | None] = {}
+        # The model server: what it holds, and what is on the wire to it, in order.
+        self.server: dict[str, str] = {}
+        self.wire: list[tuple[int, dict[str, str]]] = []
+        self.seqs_sent: list[int] = []
+
+    # -- events ------------------------------------------------------------------------------
+
+    def send(self, event: str, uptime: float) -> None:
+        lc, model = self.lc, self.model
+        self.events_sent = True
+        before = (lc.state, lc.phase, lc.attempts, lc.close_reason, lc.pending_edits)
+        expected_pending = lc.pending_edits
+        expected = model.predict(event, uptime)
+        n_transitions = len(self.transitions)
+        if expected is None:
+            error = NotConnected if event == "request" else InvalidTransition
+            with pytest.raises(error) as info:
+                self.call(event, uptime)
+            if isinstance(info.value, InvalidTransition):
+                assert info.value.event == event
+                assert info.value.state is model.state
+                assert event in str(info.value) and model.state.value in str(info.value)
+            assert (lc.state, lc.phase, lc.attempts, lc.close_reason, lc.pending_edits) == before
+            assert len(self.transitions) == n_transitions
+            return
+
+        effects = self.call(event, uptime)
+        assert [type(e) for e in effects] == expected.effects, (event, effects)
+        # One transition record per accepted event, except request's fast path (which
+        # stays out of the engine while CONNECTING or OPEN).
+        fast_path = event == "request" and model.state in (CN, OP)
+        assert len(self.transitions) == n_transitions + (0 if fast_path else 1)
+        self.check_effects(event, effects, expected, expected_pending)
+        self.out.resolve(event, model.state, effects)
+        if event in ("connect", "request"):
+            self.started = True
+        if model.state is OP and expected.state is not OP:
+            self.connection_lost()
+        if expected.state is OP and model.state is not OP:
+            self.entries_into_open += 1
+        model.state, model.phase, model.attempts = expected.state, expected.phase, expected.attempts
+        model.reason, model.reconnect = expected.reason, expected.reconnect
+
+    def call(self, event: str, uptime: float) -> list[Effect]:
+        lc = self.lc
+        if event == "drop":
+            return lc.drop(uptime=uptime, cause="reset")
+        if event in ("fail", "reject", "shutdown"):
+            return getattr(lc, event)(cause=f"{event} cause")  # type: ignore[no-any-return]
+        return getattr(lc, event)()  # type: ignore[no-any-return]
+
+    def check_effects(
+        self, event: str, effects: list[Effect], expected: Expected, pending: dict[str, str]
+    ) -> None:
+        policy = self.lc.policy
+        for effect in effects:
+            if isinstance(effect, Dial):
+                assert effect == Dial(expected.attempts + 1, policy.connect_timeout)
+            elif isinstance(effect, Backoff):
+                delay = policy.backoff(expected.backoff_failures, self.mirror)
+                assert effect == Backoff(expected.attempts, delay)
+            elif isinstance(effect, HangUp):
+                assert effect.graceful is (expected.state is CG)
+            elif isinstance(effect, Flush):
+                assert event == "ready"
+                self.flushes += 1
+                # Every edit not acknowledged, in first-edit order, latest code.
+                assert list(effect.batch.codes.items()) == list(pending.items())
+                assert effect.batch.codes == {c: self.latest[c] for c in self.order}
+                assert effect.batch.seq not in self.seqs_sent
+                self.seqs_sent.append(effect.batch.seq)
+                self.wire.append((effect.batch.seq, dict(effect.batch.codes)))
+                for cell in effect.batch.codes:
+                    self.carried_by[cell] = effect.batch.seq
+            else:
+                raise AssertionError(f"unexpected effect {effect!r} from {event}")
+
+    def connection_lost(self) -> None:
+        """Leaving OPEN: whatever was on the wire is gone; in-flight edits are unsent again."""
+        self.wire.clear()
+        for cell in self.carried_by:
+            self.carried_by[cell] = None
+
+    @rule(event=st.sampled_from(EVENTS), uptime=UPTIMES)
+    def any_event(self, event: str, uptime: float) -> None:
+        """Any of the ten events, valid or not in the current state."""
+        self.send(event, uptime)
+
+    @rule(data=st.data(), uptime=UPTIMES)
+    def valid_event(self, data: st.DataObject, uptime: float) -> None:
+        """An event the current state accepts (keeps runs moving)."""
+        events = [e for e in EVENTS if self.model.valid(e)]
+        self.send(data.draw(st.sampled_from(events), label="event"), uptime)
+
+    @rule(uptime=UPTIMES)
+    def towards_open(self, uptime: float) -> None:
+        """The event a healthy server and a patient user send next (keeps runs reaching OPEN)."""
+        model = self.model
+        if model.state is OP:
+            event = "drop"
+        elif model.phase is DIALING:
+            event = "ready"
+        elif model.phase is BACKING_OFF:
+            event = "retry"
+        elif model.state is CG and model.reconnect:
+            event = "close_finished"
+        else:
+            event = "connect"
+        self.send(event, uptime)
+
+    @precondition(lambda self: self.model.reason is CloseReason.GAVE_UP)
+    @rule()
+    def recover_after_giving_up(self) -> None:
+        """From CLOSED(GAVE_UP) connect enters CONNECTING with attempts 0."""
+        self.send("connect", 0.0)
+        assert self.lc.state is CN
+        assert self.lc.phase is DIALING
+        assert self.lc.attempts == 0
+
+    # -- edits and acks ----------------------------------------------------------------------
+
+    @rule(cell=CELLS, code=CODES)
+    def edit(self, cell: str, code: str) -> None:
+        """An edit is sent at once while OPEN and buffered otherwise."""
+        result = self.lc.edit(cell, code)
+        self.latest[cell] = code
+        if cell not in self.order:
+            self.order.append(cell)
+        if self.model.state is OP:
+            assert isinstance(result, SendEdit)
+            assert (result.cell_id, result.code) == (cell, code)
+            assert result.seq not in self.seqs_sent
+            self.seqs_sent.append(result.seq)
+            self.wire.append((result.seq, {cell: code}))
+            self.carried_by[cell] = result.seq
+        else:
+            assert result is None
+            self.carried_by[cell] = None
+
+    @precondition(lambda self: bool(self.wire))
+    @rule(ack=st.booleans())
+    def deliver(self, ack: bool) -> None:
+        """The server applies the oldest message on the wire, then acks it (or the ack is lost)."""
+        seq, codes = self.wire.pop(0)
+        self.server.update(codes)
+        if not ack:
+            return
+        acked = [c for c in self.order if self.carried_by.get(c) == seq]
+        assert self.lc.ack(seq) is bool(acked)
+        for cell in acked:
+            self.order.remove(cell)
+            del self.carried_by[cell]
+
+    @rule(seq=st.integers(min_value=-3, max_value=200))
+    def ack_unknown(self, seq: int) -> None:
+        """An ack of a seq nothing is waiting on returns False and forgets nothing."""
+        if seq in {s for s in self.carried_by.values() if s is not None}:
+            return
+        before = self.lc.pending_edits
+        assert self.lc.ack(seq) is False
+        assert self.lc.pending_edits == before
+
+    @precondition(lambda self: bool(self.seqs_sent))
+    @rule(data=st.data())
+    def ack_stale(self, data: st.DataObject) -> None:
+        """A late ack of a seq from a lost connection or already acked returns False."""
+        live = {s for s in self.carried_by.values() if s is not None}
+        stale = [s for s in self.seqs_sent if s not in live]
+        if not stale:
+            return
+        seq = data.draw(st.sampled_from(stale), label="seq")
+        before = self.lc.pending_edits
+        assert self.lc.ack(seq) is False
+        assert self.lc.pending_edits == before
+
+    # -- invariants --------------------------------------------------------------------------
+
+    @invariant()
+    def state_is_one_of_five(self) -> None:
+        """Invariant 1: one of the five states; can_interact exactly in NOT_STARTED and OPEN."""
+        lc = self.lc
+        assert lc.state in set(ConnState)
+        assert lc.can_interact is (lc.state in (NS, OP))
+        assert lc.is_not_started is (lc.state is NS)
+        assert (lc.phase is not None) is (lc.state is CN)
+        assert (lc.close_reason is not None) is (lc.state is CD)
+
+    @invariant()
+    def matches_the_model(self) -> None:
+        """State, phase, attempts and close reason are what the contract predicts."""
+        lc, model = self.lc, self.model
+        assert (lc.state, lc.phase, lc.attempts, lc.close_reason) == (
+            model.state, model.phase, model.attempts, model.reason,
+        )  # fmt: skip
+        if lc.phase is not None:
+            assert lc.phase.value in lc.machine.configuration_values
+
+    @invariant()
+    def connecting_has_exactly_one_thing_in_flight(self) -> None:
+        """Invariant 3 (core): CONNECTING has one attempt or one timer in flight, per its phase."""
+        lc, effect = self.lc, self.out.effect
+        assert (lc.state is CN) is (effect is not None)
+        if lc.phase is DIALING:
+            assert isinstance(effect, Dial)
+        if lc.phase is BACKING_OFF:
+            assert isinstance(effect, Backoff)
+
+    @invariant()
+    def attempts_are_bounded(self) -> None:
+        """Invariant 4: attempts never exceed max_attempts; reaching it means CLOSED(GAVE_UP)."""
+        lc = self.lc
+        assert 0 <= lc.attempts <= lc.policy.max_attempts
+        if lc.attempts == lc.policy.max_attempts:
+            assert lc.state is CD
+            assert lc.close_reason is CloseReason.GAVE_UP
+
+    @invariant()
+    def no_edit_is_lost(self) -> None:
+        """Invariant 5 (core): every cell's latest code is pending, or acked and at the server."""
+        pending = self.lc.pending_edits
+        assert list(pending) == self.order
+        for cell, code in self.latest.items():
+            if cell in pending:
+                assert pending[cell] == code
+            else:
+                assert self.server.get(cell) == code
+
+    @invariant()
+    def one_flush_per_entry_into_open(self) -> None:
+        """Invariant 6: exactly one Flush per entry into OPEN, and none otherwise."""
+        entries = sum(1 for t in self.transitions if t.target is OP and t.source is not OP)
+        assert self.flushes == self.entries_into_open == entries
+
+    @invariant()
+    def lazy_until_first_use(self) -> None:
+        """Invariant 7 (core): before the first connect/request no Dial or Backoff was emitted."""
+        if not self.started:
+            assert not any(isinstance(e, Dial | Backoff) for e in self.out.history)
+        if not self.events_sent:
+            assert self.lc._machine is None
+
+
+TestLifecycleModel = LifecycleModel.TestCase
+TestLifecycleModel.settings = STATEFUL
+
+
+def healthy_connect(lc: ConnectionLifecycle, out: Outstanding) -> None:
+    """A user connect against a server that is always ready: answer what is in flight."""
+    before = lc.state
+    effects = lc.connect()
+    out.resolve("connect", before, effects)
+    if lc.state is CG:
+        effects = lc.close_finished()  # the graceful close ends
+        out.resolve("close_finished", CG, effects)
+    for _ in range(3):
+        if lc.state is OP:
+            return
+        if isinstance(out.effect, Dial):
+            out.resolve("ready", CN, lc.ready())
+        elif isinstance(out.effect, Backoff):
+            out.resolve("retry", CN, lc.retry())  # the timer fires
+    raise AssertionError(f"still {lc.state} {lc.phase} after a healthy connect")
+
+
+class HealthyServer(RuleBasedStateMachine):
+    """Invariant 2 (core): from every reachable state, connect reaches OPEN on a healthy server."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lc = ConnectionLifecycle(
+            RetryPolicy(max_attempts=2), random.Random(0), log_transitions=False
+        )
+        self.out = Outstanding()
+
+    @rule(event=st.sampled_from(EVENTS), uptime=UPTIMES)
+    def anything_happens(self, event: str, uptime: float) -> None:
+        """Any event, accepted or refused, moves the lifecycle somewhere reachable."""
+        before = self.lc.state
+        try:
+            effects: list[Effect] = (
+                self.lc.drop(uptime=uptime) if event == "drop" else getattr(self.lc, event)()
+            )
+        except (InvalidTransition, NotConnected):
+            return
+        self.out.resolve(event, before, effects)
+
+    @rule()
+    def user_connects(self) -> None:
+        """connect (and the end of a graceful close) reaches OPEN when the server is healthy."""
+        healthy_connect(self.lc, self.out)
+        assert self.lc.state is OP
+        assert self.lc.can_interact
+
+
+TestHealthyServer = HealthyServer.TestCase
+# Every state is reachable within a few steps (max_attempts=2): short runs suffice.
+TestHealthyServer.settings = settings(stateful_step_count=25)

@@ -1,0 +1,935 @@
+"""Unit tests of the sans-IO ConnectionLifecycle: every transition, guard and effect."""
+
+# mypy narrows lc.state after an assert and does not see events change it:
+# mypy: disable-error-code="comparison-overlap"
+
+from __future__ import annotations
+
+import contextlib
+import random
+import subprocess
+import sys
+from collections.abc import Callable
+
+import pytest
+
+import fsm
+from fsm import (
+    Backoff,
+    CloseReason,
+    ConnectionLifecycle,
+    ConnState,
+    Dial,
+    Effect,
+    Flush,
+    HangUp,
+    InvalidTransition,
+    LifecycleError,
+    NotConnected,
+    Phase,
+    RetryPolicy,
+    SendEdit,
+)
+from fsm.lifecycle import _LifecycleMachine
+
+EVENTS = (
+    "connect",
+    "request",
+    "ready",
+    "fail",
+    "retry",
+    "drop",
+    "reject",
+    "shutdown",
+    "close",
+    "close_finished",
+)
+
+
+def make(seed: int = 0, *, edit_limit: int = 10_000, **policy: float) -> ConnectionLifecycle:
+    return ConnectionLifecycle(
+        RetryPolicy(**policy),  # type: ignore[arg-type]
+        random.Random(seed),
+        edit_limit=edit_limit,
+        log_transitions=False,
+    )
+
+
+def fire(lc: ConnectionLifecycle, event: str) -> list[Effect]:
+    """Send ``event`` through its public method (``drop`` after a short uptime)."""
+    if event == "drop":
+        return lc.drop(uptime=0.0)
+    method: Callable[[], list[Effect]] = getattr(lc, event)
+    return method()
+
+
+def not_started() -> ConnectionLifecycle:
+    return make()
+
+
+def dialing() -> ConnectionLifecycle:
+    lc = make()
+    lc.connect()
+    return lc
+
+
+def backing_off() -> ConnectionLifecycle:
+    lc = dialing()
+    lc.fail()
+    return lc
+
+
+def open_() -> ConnectionLifecycle:
+    lc = dialing()
+    lc.ready()
+    return lc
+
+
+def closing() -> ConnectionLifecycle:
+    lc = open_()
+    lc.close()
+    return lc
+
+
+def closed_user() -> ConnectionLifecycle:
+    lc = make()
+    lc.close()
+    return lc
+
+
+def closed_gave_up() -> ConnectionLifecycle:
+    lc = make(max_attempts=1)
+    lc.connect()
+    lc.fail()
+    return lc
+
+
+def closed_rejected() -> ConnectionLifecycle:
+    lc = dialing()
+    lc.reject()
+    return lc
+
+
+def closed_shutdown() -> ConnectionLifecycle:
+    lc = open_()
+    lc.shutdown()
+    return lc
+
+
+BUILDERS: dict[str, Callable[[], ConnectionLifecycle]] = {
+    "NOT_STARTED": not_started,
+    "DIALING": dialing,
+    "BACKING_OFF": backing_off,
+    "OPEN": open_,
+    "CLOSING": closing,
+    "CLOSED_USER": closed_user,
+    "CLOSED_GAVE_UP": closed_gave_up,
+    "CLOSED_REJECTED": closed_rejected,
+    "CLOSED_SHUTDOWN": closed_shutdown,
+}
+
+# The events each situation accepts (request in CLOSING/CLOSED raises NotConnected instead).
+VALID: dict[str, set[str]] = {
+    "NOT_STARTED": {"connect", "request", "close"},
+    "DIALING": {"connect", "request", "ready", "fail", "reject", "shutdown", "close"},
+    "BACKING_OFF": {"connect", "request", "retry", "close"},
+    "OPEN": {"connect", "request", "drop", "reject", "shutdown", "close"},
+    "CLOSING": {"connect", "close", "close_finished", "request"},
+    "CLOSED_USER": {"connect", "close", "request"},
+    "CLOSED_GAVE_UP": {"connect", "close", "request"},
+    "CLOSED_REJECTED": {"connect", "close", "request"},
+    "CLOSED_SHUTDOWN": {"connect", "close", "request"},
+}
+
+INVALID = [(name, event) for name in BUILDERS for event in EVENTS if event not in VALID[name]]
+
+
+def snapshot(lc: ConnectionLifecycle) -> tuple[object, ...]:
+    """Everything an event must not change when it is refused or a no-op."""
+    return (
+        lc.state,
+        lc.phase,
+        lc.attempts,
+        lc.close_reason,
+        lc.pending_edits,
+        lc.buffer.in_flight_seqs,
+        frozenset(lc.machine.configuration_values),
+    )
+
+
+# -- the initial state and laziness ---------------------------------------------------
+
+
+def test_initial_state_is_not_started() -> None:
+    """A new lifecycle is NOT_STARTED, interactive, with no attempts and no close reason."""
+    lc = ConnectionLifecycle()
+    assert lc.state is ConnState.NOT_STARTED
+    assert lc.phase is None
+    assert lc.can_interact is True
+    assert lc.is_not_started is True
+    assert lc.attempts == 0
+    assert lc.close_reason is None
+    assert lc.pending_edits == {}
+    assert lc.policy == RetryPolicy()
+
+
+def test_reads_and_edits_do_not_build_the_engine() -> None:
+    """Reading the state and editing before the first event never builds the engine."""
+    lc = ConnectionLifecycle(rng=random.Random(0))
+    assert lc.edit("a", "x = 1") is None
+    _ = (lc.state, lc.phase, lc.can_interact, lc.is_not_started, lc.attempts, lc.close_reason)
+    assert lc.ack(1) is False
+    assert lc.pending_edits == {"a": "x = 1"}
+    assert lc._machine is None
+
+
+def test_policy_must_be_a_retry_policy() -> None:
+    """Passing something other than a RetryPolicy raises TypeError naming the type."""
+    with pytest.raises(TypeError, match="dict"):
+        ConnectionLifecycle(policy={"max_attempts": 3})  # type: ignore[arg-type]
+
+
+def test_without_rng_the_global_random_is_untouched() -> None:
+    """Without an injected rng the back-off draws from a private RNG, never the global one."""
+    state = random.getstate()
+    lc = ConnectionLifecycle(log_transitions=False)
+    lc.connect()
+    lc.fail()
+    assert random.getstate() == state
+
+
+# -- guards and reads per state ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "state", "phase", "interactive"),
+    [
+        ("NOT_STARTED", ConnState.NOT_STARTED, None, True),
+        ("DIALING", ConnState.CONNECTING, Phase.DIALING, False),
+        ("BACKING_OFF", ConnState.CONNECTING, Phase.BACKING_OFF, False),
+        ("OPEN", ConnState.OPEN, None, True),
+        ("CLOSING", ConnState.CLOSING, None, False),
+        ("CLOSED_USER", ConnState.CLOSED, None, False),
+        ("CLOSED_GAVE_UP", ConnState.CLOSED, None, False),
+    ],
+)
+def test_state_phase_and_can_interact_per_state(
+    name: str, state: ConnState, phase: Phase | None, interactive: bool
+) -> None:
+    """can_interact is true exactly in NOT_STARTED and OPEN; is_not_started only in NOT_STARTED."""
+    lc = BUILDERS[name]()
+    assert lc.state is state
+    assert lc.phase is phase
+    assert lc.can_interact is interactive
+    assert lc.is_not_started is (state is ConnState.NOT_STARTED)
+
+
+def test_guards_are_declared_on_the_machine_transitions() -> None:
+    """is_not_started guards leaving NOT_STARTED and can_interact guards request in OPEN."""
+
+    def conds(state: object, event: str) -> list[list[str]]:
+        return [
+            [str(spec.func) for spec in t.cond]
+            for t in state.transitions  # type: ignore[attr-defined]
+            if event in t.events
+        ]
+
+    assert conds(_LifecycleMachine.not_started, "connect")[0] == ["is_not_started"]
+    assert conds(_LifecycleMachine.not_started, "request")[0] == ["is_not_started"]
+    assert ["can_interact"] in conds(_LifecycleMachine.open, "request")
+
+
+def test_phase_matches_the_engine_configuration() -> None:
+    """The cached phase names the active substate of CONNECTING in the engine."""
+    lc = dialing()
+    assert "DIALING" in lc.machine.configuration_values
+    lc.fail()
+    assert "BACKING_OFF" in lc.machine.configuration_values
+    lc.retry()
+    assert "DIALING" in lc.machine.configuration_values
+
+
+# -- starting -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("event", ["connect", "request"])
+def test_first_connect_or_request_dials_attempt_one(event: str) -> None:
+    """connect or request from NOT_STARTED enters CONNECTING/DIALING and dials attempt 1."""
+    lc = make(connect_timeout=3.5)
+    effects = fire(lc, event)
+    assert effects == [Dial(attempt=1, timeout=3.5)]
+    assert lc.state is ConnState.CONNECTING
+    assert lc.phase is Phase.DIALING
+    assert lc.attempts == 0
+    assert lc.is_not_started is False
+
+
+def test_ready_enters_open_with_exactly_one_flush() -> None:
+    """ready from DIALING enters OPEN and returns one Flush, even with nothing buffered."""
+    lc = dialing()
+    effects = lc.ready()
+    assert lc.state is ConnState.OPEN
+    assert lc.phase is None
+    assert len(effects) == 1
+    assert isinstance(effects[0], Flush)
+    assert effects[0].batch.codes == {}
+
+
+# Regression: an internal self-transition on the compound CONNECTING re-enters
+# its initial substate, so connect/request while CONNECTING dials again.
+@pytest.mark.parametrize("name", ["DIALING", "BACKING_OFF", "OPEN"])
+def test_connect_while_connecting_or_open_is_a_no_op(name: str) -> None:
+    """connect while CONNECTING (either phase) or OPEN returns no effects and changes nothing."""
+    lc = BUILDERS[name]()
+    before = snapshot(lc)
+    assert lc.connect() == []
+    assert snapshot(lc) == before
+
+
+# Regression: an internal self-transition on the compound CONNECTING re-enters
+# its initial substate, so connect/request while CONNECTING dials again.
+def test_connect_while_backing_off_keeps_the_timer() -> None:
+    """After a no-op connect in BACKING_OFF the pending timer's retry still dials attempt 2."""
+    lc = backing_off()
+    lc.connect()
+    assert lc.retry() == [Dial(attempt=2, timeout=lc.policy.connect_timeout)]
+    assert lc.phase is Phase.DIALING
+
+
+def test_connect_while_dialing_keeps_the_attempt() -> None:
+    """After a no-op connect in DIALING the attempt in flight can still succeed or fail."""
+    lc = dialing()
+    lc.connect()
+    effects = lc.fail()
+    assert [type(e) for e in effects] == [Backoff]
+    assert lc.phase is Phase.BACKING_OFF
+    assert lc.attempts == 1
+
+
+@pytest.mark.parametrize("name", ["DIALING", "BACKING_OFF", "OPEN"])
+def test_request_while_connecting_or_open_returns_no_effects(name: str) -> None:
+    """request while CONNECTING or OPEN needs nothing new: no effects, nothing changes."""
+    lc = BUILDERS[name]()
+    before = snapshot(lc)
+    assert lc.request() == []
+    assert snapshot(lc) == before
+
+
+# Regression: an internal self-transition on the compound CONNECTING re-enters
+# its initial substate, so connect/request while CONNECTING dials again.
+@pytest.mark.parametrize("name", ["DIALING", "BACKING_OFF", "OPEN"])
+def test_request_through_the_engine_equals_the_fast_path(name: str) -> None:
+    """Sending request through the engine leaves the same state and no effects as request()."""
+    fast = BUILDERS[name]()
+    fast.request()
+    slow = BUILDERS[name]()
+    slow.machine.send("request")
+    assert slow._effects == []
+    assert snapshot(slow) == snapshot(fast)
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("CLOSING", None),
+        ("CLOSED_USER", "USER"),
+        ("CLOSED_GAVE_UP", "GAVE_UP"),
+        ("CLOSED_REJECTED", "REJECTED"),
+        ("CLOSED_SHUTDOWN", "SHUTDOWN"),
+    ],
+)
+def test_request_while_closing_or_closed_raises_not_connected(
+    name: str, reason: str | None
+) -> None:
+    """request in CLOSING/CLOSED raises NotConnected naming the state and connect()."""
+    lc = BUILDERS[name]()
+    before = snapshot(lc)
+    with pytest.raises(NotConnected) as info:
+        lc.request()
+    assert isinstance(info.value, LifecycleError)
+    message = str(info.value)
+    assert lc.state.value in message
+    assert "connect()" in message
+    if reason is not None:
+        assert reason in message
+    assert snapshot(lc) == before
+
+
+# -- retries and giving up -------------------------------------------------------------------
+
+
+def test_fail_with_attempts_left_backs_off_with_the_policy_delay() -> None:
+    """A failed attempt with attempts left backs off by the policy's delay drawn from the rng."""
+    lc = make(seed=7)
+    lc.connect()
+    effects = lc.fail("refused")
+    expected = lc.policy.backoff(1, random.Random(7))
+    assert effects == [Backoff(attempt=1, delay=expected)]
+    assert lc.state is ConnState.CONNECTING
+    assert lc.phase is Phase.BACKING_OFF
+    assert lc.attempts == 1
+    assert lc.last_cause == "refused"
+
+
+def test_retry_dials_the_next_attempt() -> None:
+    """retry from BACKING_OFF enters DIALING and dials the next attempt number."""
+    lc = backing_off()
+    assert lc.retry() == [Dial(attempt=2, timeout=lc.policy.connect_timeout)]
+    assert lc.phase is Phase.DIALING
+    assert lc.attempts == 1
+
+
+def test_a_full_cycle_follows_the_policy_schedule_then_gives_up() -> None:
+    """25 failed attempts dial 1..25, back off by delays(rng) 24 times, then CLOSED(GAVE_UP)."""
+    lc = make(seed=42)
+    dials: list[Effect] = list(lc.connect())
+    backoffs: list[Effect] = []
+    for n in range(1, 25):
+        backoffs += lc.fail()
+        assert lc.attempts == n
+        dials += lc.retry()
+    assert lc.fail() == []
+    assert lc.state is ConnState.CLOSED
+    assert lc.close_reason is CloseReason.GAVE_UP
+    assert lc.attempts == 25
+    timeout = lc.policy.connect_timeout
+    assert dials == [Dial(attempt=n, timeout=timeout) for n in range(1, 26)]
+    schedule = lc.policy.delays(random.Random(42))
+    assert backoffs == [Backoff(attempt=n, delay=d) for n, d in enumerate(schedule, start=1)]
+
+
+def test_connect_after_giving_up_starts_a_new_cycle_that_can_open() -> None:
+    """After 25 failures connect enters CONNECTING with attempts reset, and ready opens it."""
+    lc = make()
+    lc.connect()
+    for _ in range(24):
+        lc.fail()
+        lc.retry()
+    lc.fail()
+    assert lc.close_reason is CloseReason.GAVE_UP
+    effects = lc.connect()
+    assert effects == [Dial(attempt=1, timeout=lc.policy.connect_timeout)]
+    assert lc.state is ConnState.CONNECTING
+    assert lc.phase is Phase.DIALING
+    assert lc.attempts == 0
+    assert lc.close_reason is None
+    lc.ready()
+    assert lc.state is ConnState.OPEN
+
+
+def test_a_new_cycle_has_all_its_attempts_again() -> None:
+    """After recovering from GAVE_UP, a new cycle again allows max_attempts failures."""
+    lc = make(max_attempts=3)
+    for _cycle in range(3):
+        lc.connect()
+        lc.fail()
+        lc.retry()
+        lc.fail()
+        assert lc.state is ConnState.CONNECTING
+        lc.retry()
+        lc.fail()
+        assert lc.close_reason is CloseReason.GAVE_UP
+        assert lc.attempts == 3
+
+
+def test_max_attempts_one_gives_up_on_the_first_failure() -> None:
+    """With max_attempts=1 the first failure goes straight to CLOSED(GAVE_UP), no Backoff."""
+    lc = make(max_attempts=1)
+    lc.connect()
+    assert lc.fail() == []
+    assert lc.state is ConnState.CLOSED
+    assert lc.close_reason is CloseReason.GAVE_UP
+    assert lc.attempts == 1
+
+
+def test_zero_jitter_backs_off_by_the_nominal_delays() -> None:
+    """With jitter=0 every Backoff delay is the policy's nominal delay."""
+    lc = make(max_attempts=6, jitter=0.0)
+    lc.connect()
+    delays = []
+    for _ in range(5):
+        (effect,) = lc.fail()
+        assert isinstance(effect, Backoff)
+        delays.append(effect.delay)
+        lc.retry()
+    assert delays == lc.policy.delays()
+    assert delays == pytest.approx([0.5, 0.8, 1.28, 2.048, 3.2768])
+
+
+# -- dropped connections ------------------------------------------------------------------
+
+
+def test_drop_before_min_uptime_counts_a_failed_attempt() -> None:
+    """A drop before min_uptime keeps the cycle's count and adds one failed attempt."""
+    lc = make(seed=3)
+    lc.connect()
+    lc.fail()
+    lc.retry()
+    lc.fail()
+    lc.retry()
+    lc.ready()
+    assert lc.attempts == 2
+    rng = random.Random(3)
+    lc.policy.backoff(1, rng)
+    lc.policy.backoff(2, rng)
+    effects = lc.drop(uptime=4.999, cause="reset")
+    assert effects == [Backoff(attempt=3, delay=lc.policy.backoff(3, rng))]
+    assert lc.state is ConnState.CONNECTING
+    assert lc.phase is Phase.BACKING_OFF
+    assert lc.attempts == 3
+    assert lc.last_cause == "reset"
+
+
+@pytest.mark.parametrize("uptime", [5.0, 60.0])
+def test_drop_after_min_uptime_resets_attempts(uptime: float) -> None:
+    """A drop after min_uptime OPEN resets the count and backs off by the first delay."""
+    lc = make(seed=5)
+    lc.connect()
+    lc.fail()
+    lc.retry()
+    lc.ready()
+    rng = random.Random(5)
+    lc.policy.backoff(1, rng)
+    effects = lc.drop(uptime=uptime)
+    assert effects == [Backoff(attempt=0, delay=lc.policy.backoff(1, rng))]
+    assert lc.phase is Phase.BACKING_OFF
+    assert lc.attempts == 0
+
+
+def test_a_server_that_drops_at_once_forever_ends_in_gave_up() -> None:
+    """Accept-then-drop-at-once repeated ends in CLOSED(GAVE_UP) after max_attempts drops."""
+    lc = make(max_attempts=4)
+    lc.connect()
+    drops = 0
+    while lc.state is not ConnState.CLOSED:
+        lc.ready()
+        lc.drop(uptime=0.0)
+        drops += 1
+        if lc.state is ConnState.CONNECTING:
+            lc.retry()
+        assert drops <= 4
+    assert drops == 4
+    assert lc.close_reason is CloseReason.GAVE_UP
+    assert lc.attempts == 4
+
+
+def test_long_lived_connections_never_give_up() -> None:
+    """Drops after min_uptime never exhaust the attempts, however many there are."""
+    lc = make(max_attempts=2)
+    lc.connect()
+    for _ in range(10):
+        lc.ready()
+        lc.drop(uptime=100.0)
+        assert lc.state is ConnState.CONNECTING
+        lc.retry()
+
+
+# -- rejection and shutdown ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("start", ["DIALING", "OPEN"])
+@pytest.mark.parametrize(
+    ("event", "reason"), [("reject", CloseReason.REJECTED), ("shutdown", CloseReason.SHUTDOWN)]
+)
+def test_reject_and_shutdown_close_without_retry(
+    start: str, event: str, reason: CloseReason
+) -> None:
+    """reject/shutdown from DIALING or OPEN go to CLOSED with their reason and no effects."""
+    lc = BUILDERS[start]()
+    effects = getattr(lc, event)(cause="1008")
+    assert effects == []
+    assert lc.state is ConnState.CLOSED
+    assert lc.close_reason is reason
+    assert lc.last_cause == "1008"
+
+
+# -- closing ----------------------------------------------------------------------------------
+
+
+def test_close_before_starting_closes_for_the_user() -> None:
+    """close in NOT_STARTED goes to CLOSED(USER) with no effects."""
+    lc = make()
+    assert lc.close() == []
+    assert lc.state is ConnState.CLOSED
+    assert lc.close_reason is CloseReason.USER
+
+
+@pytest.mark.parametrize("name", ["DIALING", "BACKING_OFF"])
+def test_close_while_connecting_abandons_what_is_in_flight(name: str) -> None:
+    """close while CONNECTING returns HangUp(graceful=False) and goes to CLOSED(USER)."""
+    lc = BUILDERS[name]()
+    assert lc.close() == [HangUp(graceful=False)]
+    assert lc.state is ConnState.CLOSED
+    assert lc.phase is None
+    assert lc.close_reason is CloseReason.USER
+
+
+def test_close_while_open_hangs_up_gracefully_then_closes() -> None:
+    """close in OPEN hangs up gracefully into CLOSING; close_finished gives CLOSED(USER)."""
+    lc = open_()
+    assert lc.close() == [HangUp(graceful=True)]
+    assert lc.state is ConnState.CLOSING
+    assert lc.close_reason is None
+    assert lc.close_finished() == []
+    assert lc.state is ConnState.CLOSED
+    assert lc.close_reason is CloseReason.USER
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["CLOSING", "CLOSED_USER", "CLOSED_GAVE_UP", "CLOSED_REJECTED", "CLOSED_SHUTDOWN"],
+)
+def test_close_is_idempotent(name: str) -> None:
+    """close again in CLOSING or CLOSED returns no effects and keeps state and close reason."""
+    lc = BUILDERS[name]()
+    before = snapshot(lc)
+    assert lc.close() == []
+    assert lc.close() == []
+    assert snapshot(lc) == before
+
+
+def test_connect_during_closing_reconnects_when_the_close_finishes() -> None:
+    """connect in CLOSING is remembered: close_finished then enters CONNECTING at attempt 1."""
+    lc = make(max_attempts=3)
+    lc.connect()
+    lc.fail()
+    lc.retry()
+    lc.ready()
+    lc.close()
+    assert lc.connect() == []
+    assert lc.state is ConnState.CLOSING
+    effects = lc.close_finished()
+    assert effects == [Dial(attempt=1, timeout=lc.policy.connect_timeout)]
+    assert lc.state is ConnState.CONNECTING
+    assert lc.phase is Phase.DIALING
+    assert lc.attempts == 0
+    assert lc.close_reason is None
+
+
+def test_close_after_connect_during_closing_cancels_the_reconnect() -> None:
+    """close after connect in CLOSING wins: close_finished goes to CLOSED(USER)."""
+    lc = closing()
+    lc.connect()
+    lc.close()
+    assert lc.close_finished() == []
+    assert lc.state is ConnState.CLOSED
+    assert lc.close_reason is CloseReason.USER
+
+
+def test_a_reconnect_request_does_not_outlive_its_close() -> None:
+    """A reconnect requested in one CLOSING does not leak into the next close."""
+    lc = closing()
+    lc.connect()
+    lc.close_finished()
+    lc.ready()
+    lc.close()
+    assert lc.close_finished() == []
+    assert lc.state is ConnState.CLOSED
+
+
+@pytest.mark.parametrize(
+    "name", ["CLOSED_USER", "CLOSED_GAVE_UP", "CLOSED_REJECTED", "CLOSED_SHUTDOWN"]
+)
+def test_connect_from_closed_recovers_whatever_the_reason(name: str) -> None:
+    """connect from CLOSED (any reason) dials attempt 1 of a new cycle and clears the reason."""
+    lc = BUILDERS[name]()
+    assert lc.connect() == [Dial(attempt=1, timeout=lc.policy.connect_timeout)]
+    assert lc.state is ConnState.CONNECTING
+    assert lc.attempts == 0
+    assert lc.close_reason is None
+    lc.ready()
+    assert lc.state is ConnState.OPEN
+
+
+# -- close reasons --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("CLOSED_USER", CloseReason.USER),
+        ("CLOSED_GAVE_UP", CloseReason.GAVE_UP),
+        ("CLOSED_REJECTED", CloseReason.REJECTED),
+        ("CLOSED_SHUTDOWN", CloseReason.SHUTDOWN),
+    ],
+)
+def test_close_reason_per_path(name: str, reason: CloseReason) -> None:
+    """Each way into CLOSED records its reason: USER, GAVE_UP, REJECTED, SHUTDOWN."""
+    assert BUILDERS[name]().close_reason is reason
+
+
+@pytest.mark.parametrize("name", ["NOT_STARTED", "DIALING", "BACKING_OFF", "OPEN", "CLOSING"])
+def test_close_reason_is_none_outside_closed(name: str) -> None:
+    """close_reason is None in every state but CLOSED."""
+    assert BUILDERS[name]().close_reason is None
+
+
+def test_gave_up_by_drops_records_gave_up() -> None:
+    """Running out of attempts by quick drops records GAVE_UP."""
+    lc = make(max_attempts=1)
+    lc.connect()
+    lc.ready()
+    assert lc.drop(uptime=0.0) == []
+    assert lc.close_reason is CloseReason.GAVE_UP
+
+
+# -- invalid events -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("name", "event"), INVALID)
+def test_invalid_event_raises_and_leaves_the_state_unchanged(name: str, event: str) -> None:
+    """An event with no transition raises InvalidTransition naming it and the state; no change."""
+    lc = BUILDERS[name]()
+    lc.edit("a", "x = 1")
+    before = snapshot(lc)
+    with pytest.raises(InvalidTransition) as info:
+        fire(lc, event)
+    error = info.value
+    assert isinstance(error, LifecycleError)
+    assert error.event == event
+    assert error.state is lc.state
+    assert repr(event) in str(error)
+    assert f"state {lc.state.value}" in str(error)
+    assert snapshot(lc) == before
+
+
+@pytest.mark.parametrize(("name", "event"), INVALID)
+def test_invalid_event_returns_no_stray_effects_later(name: str, event: str) -> None:
+    """After a refused event the next valid event returns only its own effects."""
+    lc = BUILDERS[name]()
+    with pytest.raises(InvalidTransition):
+        fire(lc, event)
+    expected = BUILDERS[name]().close()
+    assert lc.close() == expected
+
+
+def test_invalid_transition_lists_the_allowed_events() -> None:
+    """The InvalidTransition message says which events the state does accept."""
+    lc = backing_off()
+    with pytest.raises(InvalidTransition, match=r"allowed there: .*retry") as info:
+        lc.ready()
+    assert "retry" in info.value.allowed
+
+
+# -- effects: flush, send, ack ------------------------------------------------------------------
+
+
+def test_flush_carries_buffered_edits_in_cell_order_with_latest_code() -> None:
+    """The Flush on entering OPEN holds every buffered edit, in first-edit order, latest code."""
+    lc = make()
+    lc.edit("b", "b = 1")
+    lc.edit("a", "a = 1")
+    lc.connect()
+    lc.edit("c", "c = 1")
+    lc.edit("b", "b = 2")
+    (effect,) = lc.ready()
+    assert isinstance(effect, Flush)
+    assert list(effect.batch.codes.items()) == [("b", "b = 2"), ("a", "a = 1"), ("c", "c = 1")]
+
+
+def test_edits_while_not_open_are_buffered() -> None:
+    """edit returns None in every state but OPEN and keeps the edit pending."""
+    for name in ("NOT_STARTED", "DIALING", "BACKING_OFF", "CLOSING", "CLOSED_USER"):
+        lc = BUILDERS[name]()
+        assert lc.edit("a", "x") is None
+        assert lc.pending_edits == {"a": "x"}
+        assert lc.buffer.in_flight_seqs == frozenset()
+
+
+def test_edit_while_open_returns_a_send_edit_tracked_until_acked() -> None:
+    """An edit while OPEN returns SendEdit with a fresh seq and stays pending until acked."""
+    lc = open_()
+    first = lc.edit("a", "x = 1")
+    second = lc.edit("b", "y = 2")
+    assert isinstance(first, SendEdit)
+    assert isinstance(second, SendEdit)
+    assert (first.cell_id, first.code) == ("a", "x = 1")
+    assert second.seq > first.seq
+    assert lc.pending_edits == {"a": "x = 1", "b": "y = 2"}
+    assert lc.ack(first.seq) is True
+    assert lc.pending_edits == {"b": "y = 2"}
+    assert lc.ack(first.seq) is False
+
+
+def test_ack_of_a_superseded_edit_keeps_the_newer_one() -> None:
+    """Acking a flush does not forget a cell edited again since; its own ack does."""
+    lc = make()
+    lc.edit("a", "old")
+    lc.edit("b", "b")
+    lc.connect()
+    (flush,) = lc.ready()
+    assert isinstance(flush, Flush)
+    newer = lc.edit("a", "new")
+    assert isinstance(newer, SendEdit)
+    assert lc.ack(flush.batch.seq) is True
+    assert lc.pending_edits == {"a": "new"}
+    assert lc.ack(newer.seq) is True
+    assert lc.pending_edits == {}
+
+
+def test_ack_of_an_unknown_seq_returns_false() -> None:
+    """ack of a seq nothing is waiting on returns False and changes nothing."""
+    lc = open_()
+    lc.edit("a", "x")
+    before = lc.pending_edits
+    assert lc.ack(12345) is False
+    assert lc.pending_edits == before
+
+
+def test_unacked_edits_are_flushed_again_after_a_reconnect() -> None:
+    """Edits in flight when the connection drops are in the next Flush; stale acks do nothing."""
+    lc = make()
+    lc.edit("a", "a = 1")
+    lc.connect()
+    (flush1,) = lc.ready()
+    assert isinstance(flush1, Flush)
+    sent = lc.edit("b", "b = 1")
+    assert isinstance(sent, SendEdit)
+    lc.drop(uptime=0.0)
+    assert lc.ack(flush1.batch.seq) is False
+    assert lc.ack(sent.seq) is False
+    lc.edit("c", "c = 1")
+    lc.retry()
+    (flush2,) = lc.ready()
+    assert isinstance(flush2, Flush)
+    assert flush2.batch.codes == {"a": "a = 1", "b": "b = 1", "c": "c = 1"}
+    assert flush2.batch.seq not in (flush1.batch.seq, sent.seq)
+
+
+def test_acked_edits_are_not_flushed_again() -> None:
+    """An acknowledged flush is not resent after a reconnect: the next Flush is empty."""
+    lc = make()
+    lc.edit("a", "a = 1")
+    lc.connect()
+    (flush1,) = lc.ready()
+    assert isinstance(flush1, Flush)
+    assert lc.ack(flush1.batch.seq) is True
+    lc.drop(uptime=10.0)
+    lc.retry()
+    (flush2,) = lc.ready()
+    assert isinstance(flush2, Flush)
+    assert flush2.batch.codes == {}
+
+
+def test_edit_buffer_full_refuses_new_cells_but_not_re_edits() -> None:
+    """At the edit limit a new cell raises EditBufferFull; re-editing a buffered cell works."""
+    lc = make(edit_limit=2)
+    lc.edit("a", "1")
+    lc.edit("b", "1")
+    with pytest.raises(fsm.EditBufferFull):
+        lc.edit("c", "1")
+    lc.edit("a", "2")
+    assert lc.pending_edits == {"a": "2", "b": "1"}
+
+
+def test_flush_is_emitted_once_per_entry_into_open_and_never_elsewhere() -> None:
+    """Over a long scripted run, Flush appears only from ready, once per entry into OPEN."""
+    lc = make(max_attempts=3)
+    entries = 0
+    flushes_by_event: dict[str, int] = {}
+    script = [
+        "request", "fail", "retry", "ready", "connect", "request",
+        "drop", "retry", "ready", "close", "connect", "close_finished", "ready", "shutdown",
+        "connect", "fail", "retry", "fail", "retry", "fail", "connect", "ready", "reject",
+        "close", "connect", "close", "connect", "ready", "close", "close", "close_finished",
+    ]  # fmt: skip
+    for event in script:
+        was_open = lc.state is ConnState.OPEN
+        effects = fire(lc, event)
+        lc.edit(f"cell-{event}", event)
+        flushes = sum(isinstance(e, Flush) for e in effects)
+        if flushes:
+            flushes_by_event[event] = flushes_by_event.get(event, 0) + flushes
+        if lc.state is ConnState.OPEN and not was_open:
+            entries += 1
+            assert flushes == 1
+        else:
+            assert flushes == 0
+    assert entries == 5
+    assert flushes_by_event == {"ready": 5}
+
+
+def test_causes_are_recorded() -> None:
+    """fail, reject, shutdown and drop record their cause in last_cause."""
+    lc = dialing()
+    error = OSError("refused")
+    lc.fail(error)
+    assert lc.last_cause is error
+    lc.retry()
+    lc.reject("401")
+    assert lc.last_cause == "401"
+
+
+# -- observers ---------------------------------------------------------------------------------
+
+
+def test_observers_get_one_transition_record_per_event() -> None:
+    """Each event calls every observer once with a Transition record."""
+    seen: list[fsm.Transition] = []
+    lc = ConnectionLifecycle(rng=random.Random(0), observers=[seen.append], log_transitions=False)
+    lc.connect()
+    lc.fail()
+    lc.retry()
+    lc.ready()
+    lc.close()
+    lc.close_finished()
+    assert [(t.event, t.source, t.target, t.phase) for t in seen] == [
+        ("connect", ConnState.NOT_STARTED, ConnState.CONNECTING, Phase.DIALING),
+        ("fail", ConnState.CONNECTING, ConnState.CONNECTING, Phase.BACKING_OFF),
+        ("retry", ConnState.CONNECTING, ConnState.CONNECTING, Phase.DIALING),
+        ("ready", ConnState.CONNECTING, ConnState.OPEN, None),
+        ("close", ConnState.OPEN, ConnState.CLOSING, None),
+        ("close_finished", ConnState.CLOSING, ConnState.CLOSED, None),
+    ]
+    assert seen[1].delay is not None
+    assert seen[-1].reason is CloseReason.USER
+
+
+# Regression: effects gathered before an observer raised stay queued, and the next
+# event returns them as its own (here a second Dial: two attempts in flight).
+def test_a_failing_observer_does_not_leak_effects_into_the_next_event() -> None:
+    """After an observer raises during one event, the next event returns only its own effects."""
+    calls: list[fsm.Transition] = []
+
+    def observer(change: fsm.Transition) -> None:
+        calls.append(change)
+        if len(calls) == 1:
+            raise RuntimeError("observer broke")
+
+    lc = ConnectionLifecycle(rng=random.Random(0), observers=[observer], log_transitions=False)
+    with contextlib.suppress(RuntimeError):
+        lc.connect()
+    assert lc.state is ConnState.CONNECTING
+    assert [type(e) for e in lc.fail()] == [Backoff]
+
+
+# Regression: the engine passes its BoundEvent (a str subclass) as the event name.
+def test_transition_records_carry_a_plain_str_event() -> None:
+    """Transition.event is a plain str, not an engine object holding the machine alive."""
+    seen: list[fsm.Transition] = []
+    lc = ConnectionLifecycle(observers=[seen.append], log_transitions=False)
+    lc.connect()
+    assert type(seen[0].event) is str
+    assert "event='connect'" in repr(seen[0])
+
+
+# -- imports ---------------------------------------------------------------------------------
+
+
+def test_the_core_does_not_import_trio() -> None:
+    """Importing and running fsm.lifecycle and fsm (in a fresh interpreter) never imports trio."""
+    code = (
+        "import sys, random\n"
+        "import fsm.lifecycle\n"
+        "import fsm\n"
+        "lc = fsm.ConnectionLifecycle(rng=random.Random(0), log_transitions=False)\n"
+        "lc.edit('a', 'x'); lc.connect(); lc.fail(); lc.retry(); lc.ready(); lc.close()\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('trio', 'trio_websocket'))\n"
+        "assert 'fsm.lifecycle' in sys.modules\n"
+        "print(','.join(bad))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == ""
