@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import os
 
-import pytest
 from hypothesis import settings
 
 settings.register_profile("dev", max_examples=100, deadline=None)
 settings.register_profile("ci", derandomize=True, max_examples=200, deadline=None, print_blob=True)
 settings.register_profile("long", max_examples=5000, deadline=None)
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+# CI machines set CI=true; an explicit HYPOTHESIS_PROFILE always wins.
+_default_profile = "ci" if os.environ.get("CI") else "dev"
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or _default_profile)
 
