@@ -16,6 +16,7 @@ from fsm._errors import (
     InvalidTransition,
     LifecycleError,
     NotConnected,
+    RequestFailed,
 )
 from fsm._policy import RetryPolicy
 from fsm._types import CloseReason, ConnState, Phase, Transition
@@ -54,6 +55,7 @@ __all__ = [
     "NotConnected",
     "Phase",
     "ReferenceProtocol",
+    "RequestFailed",
     "RetryPolicy",
     "SendEdit",
     "Transition",

@@ -51,3 +51,7 @@ class NotConnected(LifecycleError):
 
 class EditBufferFull(LifecycleError):
     """The edit buffer holds its limit of distinct cells; the new edit was refused, not dropped."""
+
+
+class RequestFailed(LifecycleError):
+    """The server refused one request (say, HTTP 4xx); the connection itself is fine."""

@@ -27,19 +27,28 @@ nursery holds no task, no socket and no timer until then (lazy by default).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import secrets
+import ssl
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import urlsplit
 
 import structlog
 import trio
 import trio_websocket
 
 from fsm._buffer import DEFAULT_EDIT_LIMIT
-from fsm._errors import ConnectionFailed, InvalidTransition, LifecycleError, NotConnected
+from fsm._errors import (
+    ConnectionFailed,
+    InvalidTransition,
+    LifecycleError,
+    NotConnected,
+    RequestFailed,
+)
 from fsm._frames import MAX_FRAME_SIZE, BadFrame, Frame, decode_frame, encode_frame
 from fsm._policy import RetryPolicy
 from fsm._redact import describe, redact, redact_url
@@ -127,6 +136,11 @@ class Link:
         if self.end is None:
             self.end = (event, cause)
 
+    @property
+    def is_lost(self) -> bool:
+        """Whether the link already ended in a retryable loss (``fail`` or ``drop``)."""
+        return self.end is not None and self.end[0] in ("fail", "drop")
+
     def lost(self, cause: str) -> None:
         """The link failed in a retryable way: ``fail`` while dialing, ``drop`` once open."""
         self.set_end("fail" if self.opened_at is None else "drop", cause)
@@ -212,6 +226,7 @@ class Connector:
         self._running = False
         self._link: Link | None = None
         self._timer: trio.CancelScope | None = None
+        self._empty_flush_seq: int | None = None
         self._changed = trio.Event()
         self._subscribers: set[trio.MemorySendChannel[Transition]] = set()
         self._messages_send, self._messages_receive = trio.open_memory_channel[Frame](
@@ -282,7 +297,9 @@ class Connector:
         """Send a request, starting a lazy connection and waiting for OPEN first.
 
         Raises :class:`~fsm.NotConnected` while CLOSING or CLOSED (call
-        ``connect()``), or if the connection is lost before the request was sent.
+        ``connect()``), or if the connection is lost before the request was sent,
+        and :class:`~fsm.ConnectionFailed` if the cycle it started gives up.
+        :class:`~fsm.RequestFailed` means the server refused this request itself.
         """
         if not isinstance(op, str) or not op:
             raise ValueError(f"op must be a non-empty str, got {op!r}")
@@ -293,7 +310,13 @@ class Connector:
         if link is None:  # pragma: no cover - OPEN always has a link
             raise NotConnected("no open link")
         request = _Request(op, data)
-        link.outbox_send.send_nowait(request)
+        try:
+            link.outbox_send.send_nowait(request)
+        except trio.ClosedResourceError:
+            # The link is lost and being released; its loss is not reported yet.
+            raise NotConnected(
+                f"the connection was lost before request {op!r} was sent; send it again"
+            ) from None
         await request.done.wait()
         if request.error is not None:
             raise request.error
@@ -326,7 +349,8 @@ class Connector:
         """Close: gracefully from OPEN (bounded by ``close_timeout``), at once elsewhere.
 
         Idempotent. The connector can be started again with ``connect()`` while its
-        ``async with`` block is running.
+        ``async with`` block is running; a ``connect()`` made while CLOSING takes
+        effect once the close is done, and ``aclose()`` returns then.
         """
         state = self._lc.state
         if state is ConnState.CLOSED:
@@ -334,7 +358,8 @@ class Connector:
         self._apply(self._lc.close())
         if self._lc.state is ConnState.CLOSING:
             with trio.move_on_after(self.close_timeout + _RELEASE_TIMEOUT + 1):
-                await self.wait_for(ConnState.CLOSED)
+                while self._lc.state is ConnState.CLOSING:
+                    await self._changed.wait()
             if self._lc.state is ConnState.CLOSING:  # pragma: no cover - deadline passed twice
                 self._abandon()
                 self._apply(self._lc.close_finished())
@@ -354,8 +379,15 @@ class Connector:
             elif isinstance(effect, Backoff):
                 self._start_timer(effect.delay)
             elif isinstance(effect, Flush | SendEdit):
+                if isinstance(effect, Flush):
+                    # A flush that carries nothing is still sent (and acked), but no
+                    # buffered edit waits on its ack: remember it, so that ack is expected.
+                    self._empty_flush_seq = None if effect.batch.codes else effect.batch.seq
                 if self._link is not None:
-                    self._link.outbox_send.send_nowait(effect)
+                    # A closed outbox means the link is lost and being released: the
+                    # buffer keeps the edit and the next flush carries it.
+                    with contextlib.suppress(trio.ClosedResourceError):
+                        self._link.outbox_send.send_nowait(effect)
             elif isinstance(effect, HangUp):
                 if effect.graceful:
                     self._hang_up()
@@ -389,7 +421,9 @@ class Connector:
             return
         link.closing = True
         link.scope.deadline = min(link.scope.deadline, trio.current_time() + self.close_timeout)
-        link.outbox_send.send_nowait(_CLOSE)
+        # A closed outbox: the link is already ending, and will report close_finished.
+        with contextlib.suppress(trio.ClosedResourceError):
+            link.outbox_send.send_nowait(_CLOSE)
 
     def _abandon(self) -> None:
         link, self._link = self._link, None
@@ -413,22 +447,35 @@ class Connector:
 
     async def _run_link(self, link: Link, timeout: float) -> None:
         link.scope.deadline = trio.current_time() + timeout
+        interrupted = True  # until the link's own scope is left normally
         try:
             with link.scope:
                 await self._dial_and_serve(link)
+            interrupted = False
         finally:
+            # Also when the task itself is cancelled from outside (the connector's
+            # nursery is being cancelled): the lifecycle must still hear how the link
+            # ended, or a pending aclose() would wait for a close that never reports.
             self._fail_waiting_requests(link)
             with trio.CancelScope(shield=True), trio.move_on_after(_RELEASE_TIMEOUT):
                 try:
                     await self.protocol.release(link)
                 except Exception as exc:
                     self._log.warning("release_failed", cause=redact(describe(exc)))
-        if link.end is None and link.scope.cancelled_caught:
-            if link.closing:
-                link.set_end("close_finished", f"close timed out after {self.close_timeout:g} s")
-            elif link.opened_at is None:
-                link.lost(f"attempt timed out after {timeout:g} s")
-        self._finish_link(link)
+            if link.end is None:
+                if interrupted:
+                    cause = "the connection task was cancelled"
+                    if link.closing:
+                        link.set_end("close_finished", cause)
+                    else:
+                        link.lost(cause)
+                elif link.closing:
+                    link.set_end(
+                        "close_finished", f"close timed out after {self.close_timeout:g} s"
+                    )
+                elif link.opened_at is None:
+                    link.lost(f"attempt timed out after {timeout:g} s")
+            self._finish_link(link)
 
     def _finish_link(self, link: Link) -> None:
         if link.abandoned or self._link is not link:
@@ -451,14 +498,7 @@ class Connector:
         try:
             await self.protocol.prepare(link)
             ws_url = self.protocol.websocket_url(self.url, self.session_id)
-            async with trio_websocket.open_websocket_url(
-                ws_url,
-                extra_headers=self.protocol.extra_headers(),
-                message_queue_size=64,
-                max_message_size=_TRANSPORT_MAX_MESSAGE,
-                connect_timeout=math.inf,  # our own deadline bounds the whole attempt
-                disconnect_timeout=self.close_timeout,
-            ) as ws:
+            async with self._open_websocket(link, ws_url) as ws:
                 link.ws = ws
                 frame = await self._await_ready(link, ws)
                 await self.protocol.on_ready(link, frame)
@@ -481,8 +521,71 @@ class Connector:
         except OSError as exc:
             link.lost(redact(describe(exc)))
         except Exception as exc:
-            self._log.error("unexpected_error", cause=redact(describe(exc)), attempt=link.attempt)
-            link.lost(redact(describe(exc)))
+            if link.closing:  # e.g. a Pong arriving during aclose() (DESIGN.md section 9)
+                self._log.debug("close_error", cause=redact(describe(exc)))
+                link.set_end("close_finished", "closed by the client")
+            else:
+                self._log.error(
+                    "unexpected_error", cause=redact(describe(exc)), attempt=link.attempt
+                )
+                link.lost(redact(describe(exc)))
+
+    @asynccontextmanager
+    async def _open_websocket(
+        self, link: Link, ws_url: str
+    ) -> AsyncIterator[trio_websocket.WebSocketConnection]:
+        """One WebSocket over a TCP stream that this connector owns and always closes.
+
+        trio-websocket 0.12.2 leaves the socket open when a handshake is refused or
+        cancelled (it is closed only when the garbage collector finds it), so the
+        stream is opened here, the reader runs in a nursery of its own, and the
+        stream is closed on every way out. The link's own deadline bounds the
+        handshake. A link already known to be lost (no pong, a send failed) is not
+        closed politely: waiting for a close handshake on a dead connection would
+        only delay the reconnect.
+        """
+        host, port, resource, secure = _websocket_target(ws_url)
+        stream: trio.SocketStream | trio.SSLStream[trio.SocketStream]
+        if secure:
+            stream = await trio.open_ssl_over_tcp_stream(
+                host, port, ssl_context=ssl.create_default_context(), https_compatible=True
+            )
+        else:
+            stream = await trio.open_tcp_stream(host, port)
+        default_port = 443 if secure else 80
+        host_header = f"[{host}]" if ":" in host else host
+        if port != default_port:
+            host_header = f"{host_header}:{port}"
+        body_error: BaseException | None = None
+        try:
+            async with trio.open_nursery() as nursery:
+                ws = await trio_websocket.wrap_client_stream(
+                    nursery,
+                    stream,
+                    host_header,
+                    resource,
+                    extra_headers=self.protocol.extra_headers(),
+                    message_queue_size=64,
+                    max_message_size=_TRANSPORT_MAX_MESSAGE,
+                )
+                try:
+                    yield ws
+                except BaseException as exc:
+                    body_error = exc
+                    raise
+                finally:
+                    try:
+                        if not link.is_lost:
+                            with trio.move_on_after(self.close_timeout):
+                                await ws.aclose()
+                    finally:
+                        nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            # Re-raise the one exception that matters, so that callers can catch it
+            # by type: the body's own, else the reader's (a refused handshake, say).
+            raise _single_exception(group, body_error) from None
+        finally:
+            await trio.aclose_forcefully(stream)
 
     def _classify(self, link: Link, verdict: Verdict, cause: str) -> None:
         if verdict is Verdict.REJECT:
@@ -514,6 +617,7 @@ class Connector:
             nursery.start_soon(self._sender, link, ws, nursery.cancel_scope)
             if self.heartbeat_interval is not None:
                 nursery.start_soon(self._heartbeat, link, ws, nursery.cancel_scope)
+            finishing_close = False
             try:
                 while True:
                     frame = self._decode(await ws.get_message())
@@ -523,9 +627,16 @@ class Connector:
                         else:
                             self._on_frame(link, frame)
             except trio_websocket.ConnectionClosed as exc:
-                self._closed(link, exc)
+                if link.closing:
+                    # Our own close started (aclose() ends the message stream at once):
+                    # let the sender finish the close handshake, which the link's
+                    # close_timeout bounds; the sender ends this nursery when done.
+                    finishing_close = True
+                else:
+                    self._closed(link, exc)
             finally:
-                nursery.cancel_scope.cancel()
+                if not finishing_close:
+                    nursery.cancel_scope.cancel()
 
     async def _sender(
         self, link: Link, ws: trio_websocket.WebSocketConnection, done: trio.CancelScope
@@ -540,7 +651,9 @@ class Connector:
                     try:
                         item.result = await self.protocol.request(link, item.op, item.data)
                     except (AttemptFailed, AttemptRejected, ValueError) as exc:
-                        item.error = NotConnected(f"request {item.op!r} failed: {exc}")
+                        item.error = RequestFailed(
+                            f"request {item.op!r} failed: {redact(str(exc))}"
+                        )
                     item.done.set()
                 else:
                     await ws.aclose(1000, "client closing")
@@ -621,6 +734,8 @@ class Connector:
     def _on_ack(self, seq: int) -> None:
         if self._lc.ack(seq):
             self._wake()
+        elif seq == self._empty_flush_seq:
+            self._empty_flush_seq = None
         else:
             self.stats["unknown_acks"] += 1
             self._log.warning("unknown_ack", seq=seq)
@@ -653,15 +768,55 @@ class Connector:
     # -- running -----------------------------------------------------------------------------
 
     async def _shutdown(self) -> None:
+        # From here on no connect() or request() may start a new cycle.
+        self._running = False
         with trio.CancelScope(shield=True):
             with trio.move_on_after(self.close_timeout + _RELEASE_TIMEOUT + 1):
                 await self.aclose()
             self._abandon()
-        self._running = False
+            # Whatever happened meanwhile, the lifecycle ends CLOSED with nothing in flight.
+            if self._lc.state is ConnState.CLOSING:  # pragma: no cover - deadline passed
+                self._report(self._lc.close_finished)
+            if self._lc.state is not ConnState.CLOSED:  # pragma: no cover - defensive
+                self._report(self._lc.close)
+            self._abandon()
         self._messages_send.close()
         for subscriber in list(self._subscribers):
             subscriber.close()
         self._subscribers.clear()
+
+
+def _websocket_target(ws_url: str) -> tuple[str, int, str, bool]:
+    """``(host, port, resource, secure)`` of a ``ws://`` or ``wss://`` URL."""
+    parts = urlsplit(ws_url)
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise ValueError(f"not a WebSocket URL: {redact_url(ws_url)}")
+    secure = parts.scheme == "wss"
+    port = parts.port if parts.port is not None else (443 if secure else 80)
+    resource = parts.path or "/"
+    if parts.query:
+        resource = f"{resource}?{parts.query}"
+    return parts.hostname, port, resource, secure
+
+
+def _single_exception(
+    group: BaseExceptionGroup[BaseException], preferred: BaseException | None
+) -> BaseException:
+    """The exception to raise for ``group``: ``preferred`` if it is in it, else the only
+    exception that is not a cancellation, else ``group`` itself (trio's cancel scopes
+    take the ``Cancelled`` out of a group)."""
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        exc = pending.pop(0)
+        if isinstance(exc, BaseExceptionGroup):
+            pending[:0] = list(exc.exceptions)
+        else:
+            leaves.append(exc)
+    if preferred is not None and any(leaf is preferred for leaf in leaves):
+        return preferred
+    errors = [leaf for leaf in leaves if not isinstance(leaf, trio.Cancelled)]
+    return errors[0] if errors else group
 
 
 def _check_positive(name: str, value: object) -> None:

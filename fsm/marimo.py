@@ -1,0 +1,639 @@
+"""The marimo adapter: a :class:`~fsm.Connector` to a real ``marimo edit`` server.
+
+marimo speaks half of its protocol over a WebSocket and half over HTTP:
+
+- ``GET /health`` says the server is up; ``GET /`` (the notebook page) carries the
+  server token (``<marimo-server-token data-token=...>``), new for every server
+  process, which every POST must send as ``Marimo-Server-Token``, even when the
+  server runs with ``--no-token``;
+- ``ws://HOST:PORT/ws?session_id=S&file=F`` is the socket. A new session gets a
+  ``kernel-ready`` frame first (the file's cells and codes, ``resumed: false`` for a
+  fresh kernel); a socket re-opened with the same session id gets ``reconnected``
+  instead. Both count as "ready". One session id is used per connector (the
+  connector's ``session_id``): a different id while another socket is connected
+  would get a read-only (kiosk) session;
+- edits go out as POSTs with the headers ``Marimo-Session-Id`` and
+  ``Marimo-Server-Token``: ``/api/kernel/instantiate`` (the first in a kernel's life
+  registers every cell and runs them; later ones do nothing) and ``/api/kernel/run``
+  (run these cells with this code, and their dependents). A 2xx answer to the POST is
+  the acknowledgement: the edits stay pending until then.
+
+How a flush (entering OPEN) is sent
+-----------------------------------
+
+The adapter keeps, per session id, the file's cells from the last ``kernel-ready``,
+whether that kernel was instantiated, and the *document*: every edit the server has
+acknowledged in this session. Then:
+
+- a fresh kernel (``kernel-ready`` with ``resumed: false``: the first connection,
+  or a reconnection after the server restarted) is instantiated with **every** cell:
+  the file's codes, overlaid with the document and then with the flushed batch; cells
+  the file does not have are appended after the file's cells. So a restarted server's
+  kernel gets the client's whole state, not only the edits still pending;
+- a kernel that lived on (``reconnected``, or ``kernel-ready`` with ``resumed: true``)
+  gets the batch's cells through ``/api/kernel/run``, if there are any;
+- if an instantiate was sent but its answer was lost, whether the kernel applied it
+  is unknown: the next flush sends instantiate again (a no-op if the first one
+  landed) and then runs the batch's cells.
+
+Edits made while OPEN go through ``/api/kernel/run``. :meth:`MarimoProtocol.request`
+POSTs to ``/api/kernel/{op}`` and returns the decoded JSON answer.
+
+Which notebook (the ``file`` query parameter)
+---------------------------------------------
+
+``file`` is marimo's *file key*. Without one, a single-notebook server (``marimo edit
+nb.py``) serves its only notebook; a directory server (``marimo edit dir/``) refuses the
+handshake (HTTP 403: ``CLOSED(REJECTED)``). With one, marimo resolves the key
+as a path (relative keys against the server process's working directory, or the served
+directory) and, in edit mode, opens **whatever existing notebook it names**, even one it
+was not started with: the key decides which file the kernel runs. A key naming no file
+makes ``GET /?file=KEY`` answer 404 (and the socket close with 1006, which would look
+retryable), so :meth:`MarimoProtocol.prepare` checks the key with that GET first and
+refuses for good (``CLOSED(REJECTED)``) on a 404.
+
+``MarimoProtocol(file=None)`` sends the ``file`` of the server URL's query, if any
+(``http://host:2718/?file=nb.py`` is what marimo prints for a directory server), else
+none. ``fsm marimo`` sends the notebook's absolute path (``os.path.abspath``: symlinks
+kept, as marimo normalises keys): the kernel then runs exactly the file whose cell ids
+the command read offline, whatever directory the server was started in. A bare file name
+could name a different ``nb.py`` in the server's working directory. This needs client and
+server to see the notebook at the same path (the same machine or a shared mount).
+
+Secrets: the server token lives only in ``link.context`` and in request headers; it
+never reaches a log line or an error message. marimo itself is imported lazily (only
+:func:`notebook_cells` needs it); httpx is part of the ``fsm[marimo]`` extra.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import httpx
+
+from fsm._frames import Frame
+from fsm._marimo_notebook import notebook_cells
+from fsm._redact import describe, redact, redact_url
+from fsm.protocols import AttemptFailed, AttemptRejected, KernelProtocol, Verdict
+
+if TYPE_CHECKING:
+    import argparse
+
+    from fsm._buffer import FlushBatch
+    from fsm.connector import Link
+    from fsm.lifecycle import SendEdit
+
+__all__ = [
+    "MarimoProtocol",
+    "MarimoSession",
+    "cell_output",
+    "notebook_cells",
+    "output_text",
+    "run_marimo_command",
+]
+
+_SCHEMES = {"ws": ("ws", "http"), "wss": ("wss", "https"), "http": ("ws", "http"),
+            "https": ("wss", "https")}
+_TOKEN_RE = re.compile(r"<marimo-server-token\b[^>]*\bdata-token=\"([^\"]*)\"")
+_OP_RE = re.compile(r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$")
+#: Close reasons after which retrying cannot help.
+_FATAL_REASONS = frozenset(
+    {
+        "MARIMO_NOT_ALLOWED",
+        "MARIMO_UNAUTHORIZED",
+        "MARIMO_NO_SESSION_ID",
+        "MARIMO_NO_FILE_KEY",
+        "MARIMO_KIOSK_NOT_ALLOWED",
+        "MARIMO_LORO_NOT_INSTALLED",
+    }
+)
+#: HTTP statuses of a POST after which a new attempt (a new token, a new socket) may help.
+_RETRYABLE_STATUSES = frozenset({401, 403, 408, 409, 425, 429})
+
+
+@dataclass
+class MarimoSession:
+    """What the adapter knows about one session id's kernel (see the module docstring)."""
+
+    #: ``[(cell_id, code), ...]`` from the last ``kernel-ready``, in file order.
+    file_cells: list[tuple[str, str]] = field(default_factory=list)
+    #: Whether the kernel was instantiated: "no", "unsure" (sent, answer lost) or "yes".
+    instantiated: Literal["no", "unsure", "yes"] = "yes"
+    #: The op of the last ready frame ("kernel-ready" or "reconnected").
+    ready_op: str | None = None
+    #: ``resumed`` of the last ``kernel-ready`` (a kernel that lived on).
+    resumed: bool = False
+    #: Every edit the server acknowledged in this session: cell id to code.
+    document: dict[str, str] = field(default_factory=dict)
+    #: POSTs that started a run (instantiate or run) in this session.
+    runs: int = 0
+
+
+class MarimoProtocol(KernelProtocol):
+    """The adapter for a ``marimo edit`` server; see the module docstring.
+
+    ``file`` is the notebook's file key on the server (None: the URL's ``?file=`` or
+    none, which a single-notebook server accepts). ``http_timeout`` bounds every HTTP
+    request; ``transport`` replaces httpx's (tests use ``httpx.MockTransport``). Use one
+    instance per connector. marimo's kernel takes a few seconds to start: give the
+    connector a ``RetryPolicy`` with ``connect_timeout`` of 10 s or more.
+    """
+
+    name = "marimo"
+    ready_ops: frozenset[str] = frozenset({"kernel-ready", "reconnected"})
+
+    def __init__(
+        self,
+        file: str | None = None,
+        *,
+        http_timeout: float = 10.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        if file is not None and (not isinstance(file, str) or not file):
+            raise ValueError(f"file must be a non-empty str or None, got {file!r}")
+        if isinstance(http_timeout, bool) or not isinstance(http_timeout, int | float) or not (
+            0 < http_timeout < float("inf")
+        ):
+            raise ValueError(f"http_timeout must be a positive number, got {http_timeout!r}")
+        self.file = file
+        self.http_timeout = float(http_timeout)
+        self.transport = transport
+        self._sessions: dict[str, MarimoSession] = {}
+        # A new session id that resumes an orphaned kernel gets "reconnected" and then
+        # kernel-ready(resumed: true); the second is not a new ready frame (see is_ready).
+        self._after_reconnected = False
+
+    # -- addresses ---------------------------------------------------------------------
+
+    def file_key(self, url: str) -> str | None:
+        """The ``file`` query value sent for ``url``: ``self.file``, the URL's, or None."""
+        if self.file is not None:
+            return self.file
+        for key, value in parse_qsl(urlsplit(url).query, keep_blank_values=True):
+            if key == "file" and value:
+                return value
+        return None
+
+    def http_url(self, url: str) -> str:
+        """The server's HTTP base URL (scheme http(s), host, base path; no query)."""
+        parts = urlsplit(url)
+        scheme = _SCHEMES[parts.scheme][1]
+        return urlunsplit((scheme, parts.netloc, _base_path(parts.path), "", ""))
+
+    def websocket_url(self, url: str, session_id: str) -> str:
+        """``ws(s)://HOST/BASE/ws?session_id=S[&file=F]``, keeping the URL's other parameters."""
+        parts = urlsplit(url)
+        query = [
+            (k, v)
+            for k, v in parse_qsl(parts.query, keep_blank_values=True)
+            if k not in ("session_id", "file")
+        ]
+        query.insert(0, ("session_id", session_id))
+        key = self.file_key(url)
+        if key is not None:
+            query.append(("file", key))
+        path = _base_path(parts.path) + "/ws"
+        return urlunsplit((_SCHEMES[parts.scheme][0], parts.netloc, path, urlencode(query), ""))
+
+    def session(self, session_id: str) -> MarimoSession:
+        """What the adapter knows about ``session_id`` (an empty record if nothing yet)."""
+        return self._sessions.setdefault(session_id, MarimoSession())
+
+    # -- hooks -------------------------------------------------------------------------
+
+    def is_ready(self, frame: Frame) -> bool:
+        """``kernel-ready`` or ``reconnected``, except the ``kernel-ready`` (``resumed: true``)
+        that follows ``reconnected`` when a new session id resumes an orphaned kernel: that
+        one goes to ``messages()``."""
+        if frame.op == "kernel-ready" and self._after_reconnected:
+            self._after_reconnected = False
+            if isinstance(frame.data, dict) and frame.data.get("resumed") is True:
+                return False
+        return frame.op in self.ready_ops
+
+    async def prepare(self, link: Link) -> None:
+        """Check ``/health``, then fetch the server token from the notebook page."""
+        self._after_reconnected = False
+        base = self.http_url(link.url)
+        client = httpx.AsyncClient(
+            base_url=base, timeout=self.http_timeout, transport=self.transport
+        )
+        link.context["client"] = client
+        where = redact_url(base)
+        health = await _get(client, "/health", None, where)
+        if health.status_code != 200:
+            _refuse(health, f"GET /health at {where}")
+        key = self.file_key(link.url)
+        params = [
+            (k, v)
+            for k, v in parse_qsl(urlsplit(link.url).query, keep_blank_values=True)
+            if k not in ("session_id", "file")
+        ]
+        if key is not None:
+            params.append(("file", key))
+        page = await _get(client, "/", params, where)
+        if page.status_code == 404 and key is not None:
+            raise AttemptRejected(
+                f"marimo at {where} does not serve the notebook {key!r} "
+                f"(GET /?file=... answered 404: {_short(page)})"
+            )
+        if 300 <= page.status_code < 400:
+            raise AttemptRejected(
+                f"marimo at {where} redirected GET / (HTTP {page.status_code}): it needs a "
+                "login; start it with --no-token"
+            )
+        if page.status_code != 200:
+            _refuse(page, f"GET / at {where}")
+        match = _TOKEN_RE.search(page.text)
+        if match is None:
+            raise AttemptRejected(
+                f"no marimo server token in the page at {where}: is it a marimo edit server?"
+            )
+        link.context["token"] = match.group(1)
+
+    async def on_ready(self, link: Link, frame: Frame) -> None:
+        """Record the ready frame; refuse a read-only (kiosk) session."""
+        state = self.session(link.session_id)
+        data = frame.data if isinstance(frame.data, dict) else {}
+        link.context["ready_op"] = frame.op
+        state.ready_op = frame.op
+        if frame.op != "kernel-ready":
+            link.context["resumed"] = True  # "reconnected": the kernel lived on
+            self._after_reconnected = True
+            return
+        capabilities = data.get("consumer_capabilities")
+        read_only = data.get("kiosk") is True or (
+            isinstance(capabilities, dict) and capabilities.get("edit") is False
+        )
+        if read_only:
+            raise AttemptRejected(
+                "marimo gave this connection a read-only (kiosk) session: the notebook is "
+                "open in another editor session"
+            )
+        resumed = data.get("resumed") is True
+        link.context["resumed"] = resumed
+        state.resumed = resumed
+        cell_ids = data.get("cell_ids")
+        codes = data.get("codes")
+        if isinstance(cell_ids, list) and isinstance(codes, list):
+            state.file_cells = [
+                (str(cell_id), code if isinstance(code, str) else "")
+                for cell_id, code in zip(cell_ids, codes, strict=False)
+            ]
+        link.context["file_cells"] = list(state.file_cells)
+        if not resumed:
+            state.instantiated = "no"  # a fresh kernel: the first instantiate counts
+
+    async def flush(self, link: Link, batch: FlushBatch) -> None:
+        """Instantiate a fresh kernel with every cell, or run the batch's cells."""
+        await self._apply(link, batch.codes)
+        if batch.codes:
+            link.acknowledge(batch.seq)
+
+    async def send_edit(self, link: Link, edit: SendEdit) -> None:
+        """Run the edited cell (and its dependents) with its new code."""
+        await self._apply(link, {edit.cell_id: edit.code})
+        link.acknowledge(edit.seq)
+
+    async def request(self, link: Link, op: str, data: Any) -> Any:
+        """POST ``data`` (JSON) to ``/api/kernel/{op}``; return the decoded JSON answer.
+
+        Raises AttemptFailed when the server cannot be reached or answers 5xx, and
+        ValueError for other refusals (the connector reports both as RequestFailed).
+        """
+        if not _OP_RE.match(op):
+            raise ValueError(f"not a marimo kernel endpoint: {op!r}")
+        response = await self._post(link, f"/api/kernel/{op}", {} if data is None else data)
+        if response.status_code >= 500:
+            raise AttemptFailed(f"POST /api/kernel/{op} answered {_status(response)}")
+        if response.status_code >= 400:
+            raise ValueError(f"POST /api/kernel/{op} answered {_status(response)}")
+        if not response.content:
+            return None
+        try:
+            return response.json()
+        except ValueError:
+            return response.text
+
+    def classify_close(self, code: int | None, reason: str | None) -> Verdict:
+        """1003, 1008, 3000-3999 and marimo's fatal reasons: REJECT; MARIMO_SHUTDOWN: SHUTDOWN."""
+        if reason == "MARIMO_SHUTDOWN":
+            return Verdict.SHUTDOWN
+        if reason in _FATAL_REASONS:
+            return Verdict.REJECT
+        if code in (1003, 1008) or (code is not None and 3000 <= code <= 3999):
+            return Verdict.REJECT
+        return Verdict.RETRY
+
+    async def release(self, link: Link) -> None:
+        """Close the link's HTTP client and forget its token."""
+        link.context.pop("token", None)
+        client = link.context.pop("client", None)
+        if isinstance(client, httpx.AsyncClient):
+            await client.aclose()
+
+    # -- sending -----------------------------------------------------------------------
+
+    async def _apply(self, link: Link, codes: dict[str, str]) -> None:
+        state = self.session(link.session_id)
+        if state.instantiated != "yes":
+            uncertain = state.instantiated == "unsure"
+            merged = dict(state.file_cells)
+            merged.update(state.document)
+            merged.update(codes)
+            state.instantiated = "unsure"
+            await self._post_ok(
+                link,
+                "/api/kernel/instantiate",
+                {"objectIds": [], "values": [], "autoRun": True, "codes": merged},
+            )
+            state.instantiated = "yes"
+            state.runs += 1
+            state.document.update(codes)
+            if not uncertain:
+                return
+        if codes:
+            await self._post_ok(
+                link,
+                "/api/kernel/run",
+                {"cellIds": list(codes), "codes": list(codes.values())},
+            )
+            state.runs += 1
+            state.document.update(codes)
+
+    async def _post_ok(self, link: Link, path: str, body: Any) -> None:
+        response = await self._post(link, path, body)
+        if response.is_success:
+            try:
+                answer = response.json()
+            except ValueError:
+                answer = None
+            if isinstance(answer, dict) and answer.get("success") is False:
+                raise AttemptFailed(f"POST {path} answered success=false: {_short(response)}")
+            return
+        if response.status_code >= 500 or response.status_code in _RETRYABLE_STATUSES:
+            raise AttemptFailed(f"POST {path} answered {_status(response)}")
+        raise AttemptRejected(f"POST {path} answered {_status(response)}")
+
+    async def _post(self, link: Link, path: str, body: Any) -> httpx.Response:
+        client = link.context.get("client")
+        token = link.context.get("token")
+        if not isinstance(client, httpx.AsyncClient) or not isinstance(token, str):
+            raise AttemptFailed("the link has no HTTP client or server token (prepare did not run)")
+        headers = {"Marimo-Session-Id": link.session_id, "Marimo-Server-Token": token}
+        try:
+            return await client.post(path, json=body, headers=headers)
+        except httpx.HTTPError as exc:
+            raise AttemptFailed(f"POST {path} failed: {redact(describe(exc))}") from None
+
+
+# -- helpers: HTTP -------------------------------------------------------------------------
+
+
+def _base_path(path: str) -> str:
+    base = path.rstrip("/")
+    if base.endswith("/ws"):  # the URL named the socket itself
+        base = base[: -len("/ws")]
+    return base
+
+
+async def _get(
+    client: httpx.AsyncClient, path: str, params: list[tuple[str, str]] | None, where: str
+) -> httpx.Response:
+    try:
+        return await client.get(path, params=tuple(params or ()))
+    except httpx.HTTPError as exc:
+        raise AttemptFailed(f"GET {path} at {where} failed: {redact(describe(exc))}") from None
+
+
+def _refuse(response: httpx.Response, what: str) -> None:
+    """Raise for an unexpected status: 401/403/404 for good, anything else as a retry."""
+    if response.status_code in (401, 403):
+        raise AttemptRejected(f"{what} answered {_status(response)}: not authorized")
+    if response.status_code == 404:
+        raise AttemptRejected(f"{what} answered {_status(response)}: is it a marimo server?")
+    raise AttemptFailed(f"{what} answered {_status(response)}")
+
+
+def _short(response: httpx.Response, limit: int = 160) -> str:
+    text = " ".join(response.text.split())
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return redact(text)
+
+
+def _status(response: httpx.Response) -> str:
+    body = _short(response)
+    return f"HTTP {response.status_code}" + (f": {body}" if body else "")
+
+
+# -- helpers: outputs ----------------------------------------------------------------------
+
+_TAG_RE = re.compile(r"<[^>]+>")
+
+
+def cell_output(frame: Frame) -> tuple[str, str, Any] | None:
+    """``(cell_id, mimetype, data)`` if ``frame`` is a ``cell-op`` carrying an output, else None.
+
+    ``data`` is marimo's raw value: text for ``text/plain`` and ``text/html`` (an int
+    is ``<pre class='text-xs'>60</pre>``), a JSON text for ``application/json``, a list
+    of errors for ``application/vnd.marimo+error``. :func:`output_text` renders it.
+    """
+    if frame.op != "cell-op" or not isinstance(frame.data, dict):
+        return None
+    cell_id = frame.data.get("cell_id")
+    output = frame.data.get("output")
+    if not isinstance(cell_id, str) or not isinstance(output, dict):
+        return None
+    mimetype = output.get("mimetype")
+    if not isinstance(mimetype, str):
+        return None
+    return cell_id, mimetype, output.get("data")
+
+
+def output_text(mimetype: str, data: Any) -> str:
+    """A one-line, human-readable rendering of an output (HTML tags stripped, errors named)."""
+    if mimetype == "application/vnd.marimo+error" and isinstance(data, list):
+        parts = []
+        for error in data:
+            if isinstance(error, dict):
+                kind = error.get("exception_type") or error.get("type") or "error"
+                msg = error.get("msg") or ""
+                parts.append(f"{kind}: {msg}" if msg else str(kind))
+            else:
+                parts.append(str(error))
+        text = "; ".join(parts)
+    elif isinstance(data, str):
+        text = html.unescape(_TAG_RE.sub("", data)) if mimetype == "text/html" else data
+    else:
+        text = json.dumps(data)
+    return " ".join(text.split()) if "\n" in text or "\t" in text else text.strip()
+
+
+# -- the ``fsm marimo`` command --------------------------------------------------------------
+
+
+class _CommandError(Exception):
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _resolve_edits(
+    edits: list[str], cells: list[tuple[str, str]], notebook: str
+) -> list[tuple[str, str]]:
+    ids = [cell_id for cell_id, _ in cells]
+    resolved = []
+    for item in edits:
+        cell, sep, code = item.partition("=")
+        cell = cell.strip()
+        if not sep or not cell:
+            raise _CommandError(f"--set expects CELL=CODE, got {item!r}", 2)
+        if cell in ids:
+            resolved.append((cell, code))
+        elif cell.isdigit() and 1 <= int(cell) <= len(ids):
+            resolved.append((ids[int(cell) - 1], code))
+        else:
+            listing = ", ".join(f"{n}={cell_id}" for n, cell_id in enumerate(ids, start=1))
+            raise _CommandError(
+                f"unknown cell {cell!r} in {notebook}; valid cells (index=id): {listing}", 2
+            )
+    return resolved
+
+
+def run_marimo_command(args: argparse.Namespace) -> int:
+    """``fsm marimo NOTEBOOK --url URL --set CELL=CODE ...``: edit lazily, connect, print outputs.
+
+    Prints one line per cell output (``cell_id mimetype value``; a JSON object per
+    line with ``--json``) until the run ends. Returns 0 on success, 1 when the server
+    cannot be reached, refuses, shuts down or the outputs do not arrive within
+    ``--timeout``, or the notebook cannot be read, and 2 for a bad ``--set``.
+    """
+    import sys
+
+    import trio
+
+    try:
+        return trio.run(_run_command, args)
+    except _CommandError as exc:
+        print(f"fsm marimo: error: {exc}", file=sys.stderr)
+        return exc.code
+
+
+async def _run_command(args: argparse.Namespace) -> int:
+    import sys
+
+    import trio
+
+    from fsm._errors import ConnectionFailed
+    from fsm._policy import RetryPolicy
+    from fsm._types import CloseReason, ConnState
+    from fsm.connector import open_connector
+    from fsm.protocols import normalise_url
+
+    notebook = str(args.notebook)
+    try:
+        cells = notebook_cells(notebook)
+    except FileNotFoundError:
+        raise _CommandError(f"notebook not found: {notebook}") from None
+    except ValueError as exc:
+        raise _CommandError(str(exc)) from None
+    edits = _resolve_edits(list(args.edits), cells, notebook)
+    try:
+        url = normalise_url(args.url)
+    except ValueError as exc:
+        raise _CommandError(str(exc), 2) from None
+    policy = RetryPolicy(max_attempts=args.max_attempts, connect_timeout=15.0)
+    class CommandProtocol(MarimoProtocol):
+        """Tells the command when the flush (entering OPEN) has been sent."""
+
+        def __init__(self, file: str) -> None:
+            super().__init__(file)
+            self.flushed = trio.Event()
+
+        async def flush(self, link: Link, batch: FlushBatch) -> None:
+            await super().flush(link, batch)
+            self.flushed.set()
+
+    protocol = CommandProtocol(os.path.abspath(notebook))
+    where = redact_url(url)
+
+    async with open_connector(url, protocol=protocol, policy=policy) as conn:
+        messages = conn.messages()
+        for cell_id, code in edits:
+            conn.edit(cell_id, code)
+        try:
+            await conn.connect()
+        except ConnectionFailed as exc:
+            cause = f" (last cause: {redact(describe(exc.cause))})" if exc.cause else ""
+            if exc.reason is CloseReason.GAVE_UP:
+                raise _CommandError(
+                    f"could not reach marimo at {where}: gave up after {exc.attempts} "
+                    f"attempt{'s' if exc.attempts != 1 else ''}{cause}"
+                ) from None
+            if exc.reason is CloseReason.REJECTED:
+                raise _CommandError(f"marimo at {where} refused the connection{cause}") from None
+            raise _CommandError(f"marimo at {where} closed the connection{cause}") from None
+
+        outcome: str | None = None
+        with trio.move_on_after(args.timeout):
+            async with trio.open_nursery() as nursery:
+
+                async def watch_closed() -> None:
+                    nonlocal outcome
+                    await conn.wait_for(ConnState.CLOSED)
+                    outcome = "closed"
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(watch_closed)
+                await protocol.flushed.wait()
+                if protocol.session(conn.session_id).runs == 0:
+                    outcome = "nothing"
+                else:
+                    outcome = await _print_outputs(messages, json_lines=args.json)
+                nursery.cancel_scope.cancel()
+        if outcome == "nothing":
+            print(
+                "fsm marimo: the kernel was already running and there were no edits: "
+                "nothing to run",
+                file=sys.stderr,
+            )
+            return 0
+        if outcome is None:
+            raise _CommandError(f"no completed run within {args.timeout:g} s")
+        if outcome == "closed":
+            raise _CommandError(
+                f"the connection to marimo at {where} closed before the run completed"
+            )
+        return 0
+
+
+async def _print_outputs(messages: Any, *, json_lines: bool) -> str:
+    """Print the outputs of the runs started by this connection until one completes."""
+    runs: set[str] = set()
+    async for frame in messages:
+        data = frame.data if isinstance(frame.data, dict) else {}
+        run_id = data.get("run_id")
+        if (
+            frame.op == "cell-op"
+            and data.get("status") in ("queued", "running")
+            and isinstance(run_id, str)
+        ):
+            runs.add(run_id)
+        found = cell_output(frame)
+        if found is not None and (run_id in runs or not isinstance(run_id, str)):
+            cell_id, mimetype, value = found
+            if json_lines:
+                print(json.dumps({"cell_id": cell_id, "mimetype": mimetype, "value": value}),
+                      flush=True)
+            else:
+                print(f"{cell_id} {mimetype} {output_text(mimetype, value)}".rstrip(), flush=True)
+        if frame.op == "completed-run" and run_id in runs:
+            return "completed"
+    return "closed"
