@@ -115,9 +115,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_diagrams(args: argparse.Namespace) -> int:
-    from fsm._diagrams import write_diagrams
+    from fsm._diagrams import GraphvizNotFound, write_diagrams
 
-    for path in write_diagrams(args.out, svg=not args.no_svg):
+    try:
+        paths = write_diagrams(args.out, svg=not args.no_svg)
+    except GraphvizNotFound as exc:
+        print(f"fsm diagrams: error: {exc}", file=sys.stderr)
+        return 1
+    for path in paths:
         print(path)
     return 0
 

@@ -42,7 +42,12 @@ class ConnectionFailed(LifecycleError):
             "USER": "the connection was closed by the user",
         }.get(reason.value, f"closed ({reason.value})")
         last = f"; last cause: {cause}" if cause else ""
-        super().__init__(f"{what}{last}; call connect() to try again")
+        advice = (
+            "fix what the server refused (credentials, URL, notebook), then call connect()"
+            if reason.value == "REJECTED"
+            else "call connect() to try again"
+        )
+        super().__init__(f"{what}{last}; {advice}")
 
 
 class NotConnected(LifecycleError):

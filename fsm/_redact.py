@@ -22,10 +22,25 @@ SECRET_KEYS = frozenset(
 )
 MASK = "***"
 
-_PAIR = re.compile(
-    r"(?i)\b(" + "|".join(re.escape(k) for k in sorted(SECRET_KEYS, key=len, reverse=True))
-    + r")(=|:\s*|\"\s*:\s*\")(Bearer\s+)?([^\s&\"',;]+)"
+# A secret key, also inside a longer name: auth_token, refresh_token, x-api-key.
+_KEY = (
+    r"[\w-]*?(?:"
+    + "|".join(
+        re.escape(k) for k in sorted(SECRET_KEYS | {"api-key", "passwd"}, key=len, reverse=True)
+    )
+    + r")"
 )
+# key=value, key: value, "key": "value", and reprs such as ('key', b'value').
+_PAIR = re.compile(
+    r"(?i)\b(" + _KEY + r")"
+    + r"(=|:\s*|[\"']\s*:\s*b?[\"']|[\"']\s*,\s*b?[\"'])"
+    + r"((?:Bearer|Basic|Token)\s+)?([^\s&\"',;]+)"
+)
+_KEY_RE = re.compile(r"(?i)" + _KEY)
+
+
+def _is_secret_key(key: str) -> bool:
+    return _KEY_RE.fullmatch(key) is not None
 _USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)([^/@\s:]+):([^/@\s]+)@")
 
 
@@ -42,7 +57,7 @@ def redact_url(url: str) -> str:
         netloc = f"{user}:{MASK}@{hostport}" if ":" in userinfo else f"{user}@{hostport}"
     query = urlencode(
         [
-            (k, MASK if k.lower() in SECRET_KEYS else v)
+            (k, MASK if _is_secret_key(k) else redact(v))
             for k, v in parse_qsl(parts.query, keep_blank_values=True)
         ],
         safe="*",

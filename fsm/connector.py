@@ -305,18 +305,20 @@ class Connector:
             raise ValueError(f"op must be a non-empty str, got {op!r}")
         self._check_running()
         self._apply(self._lc.request())
-        await self._until_open()
-        link = self._link
-        if link is None:  # pragma: no cover - OPEN always has a link
-            raise NotConnected("no open link")
+        while True:
+            await self._until_open()
+            link = self._link
+            if link is not None and link.end is None:
+                break
+            # Still OPEN, but the link has just ended and its loss is being reported:
+            # wait for the lifecycle to move on (and reconnect) rather than fail.
+            await self._changed.wait()
         request = _Request(op, data)
         try:
             link.outbox_send.send_nowait(request)
         except trio.ClosedResourceError:
             # The link is lost and being released; its loss is not reported yet.
-            raise NotConnected(
-                f"the connection was lost before request {op!r} was sent; send it again"
-            ) from None
+            raise _lost_before_sent(op) from None
         await request.done.wait()
         if request.error is not None:
             raise request.error
@@ -648,13 +650,20 @@ class Connector:
                 elif isinstance(item, SendEdit):
                     await self.protocol.send_edit(link, item)
                 elif isinstance(item, _Request):
+                    answered = False
                     try:
                         item.result = await self.protocol.request(link, item.op, item.data)
+                        answered = True
                     except (AttemptFailed, AttemptRejected, ValueError) as exc:
                         item.error = RequestFailed(
                             f"request {item.op!r} failed: {redact(str(exc))}"
                         )
-                    item.done.set()
+                    finally:
+                        # Out of the outbox already: whatever else ends this send (a lost
+                        # link, a cancellation) must still wake the caller.
+                        if not answered and item.error is None:
+                            item.error = _lost_before_sent(item.op)
+                        item.done.set()
                 else:
                     await ws.aclose(1000, "client closing")
                     link.set_end("close_finished", "closed by the client")
@@ -698,9 +707,7 @@ class Connector:
             except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
                 break
             if isinstance(item, _Request) and not item.done.is_set():
-                item.error = NotConnected(
-                    f"the connection was lost before request {item.op!r} was sent; send it again"
-                )
+                item.error = _lost_before_sent(item.op)
                 item.done.set()
 
     # -- frames -----------------------------------------------------------------------------
@@ -784,6 +791,10 @@ class Connector:
         for subscriber in list(self._subscribers):
             subscriber.close()
         self._subscribers.clear()
+
+
+def _lost_before_sent(op: str) -> NotConnected:
+    return NotConnected(f"the connection was lost before request {op!r} completed; send it again")
 
 
 def _websocket_target(ws_url: str) -> tuple[str, int, str, bool]:
@@ -872,6 +883,8 @@ async def open_connector(
         message_buffer=message_buffer,
         logger=logger,
     )
+    if not isinstance(lazy, bool):
+        raise TypeError(f"lazy must be a bool, got {lazy!r}")
     connector._log.debug("connector_opened", url=redact_url(url), lazy=lazy)
     body_error: BaseException | None = None
     async with trio.open_nursery() as nursery:

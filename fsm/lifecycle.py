@@ -340,6 +340,11 @@ class ConnectionLifecycle:
     ) -> None:
         if policy is not None and not isinstance(policy, RetryPolicy):
             raise TypeError(f"policy must be a RetryPolicy, got {type(policy).__name__}")
+        if rng is not None and not callable(getattr(rng, "random", None)):
+            raise TypeError(
+                f"rng must be a random.Random (anything with a random() method), "
+                f"got {type(rng).__name__}"
+            )
         self.policy = policy if policy is not None else RetryPolicy()
         self._rng = rng if rng is not None else random.Random()
         self.buffer = EditBuffer(edit_limit)

@@ -658,7 +658,7 @@ class SlowReleaseProtocol(ReferenceProtocol):
 
 
 async def test_edit_and_request_while_a_lost_link_is_released() -> None:
-    """While a lost link is being released, edit() never raises and request() is NotConnected."""
+    """While a lost link is being released, edit() never raises and request() waits for OPEN."""
     protocol = SlowReleaseProtocol()
     with trio.fail_after(LIMIT):
         async with (
@@ -669,10 +669,13 @@ async def test_edit_and_request_while_a_lost_link_is_released() -> None:
             await server.drop_all()
             await protocol.releasing.wait()
             conn.edit("a", "1")
-            with pytest.raises(NotConnected):
-                await conn.request("run", {"cell_id": "a"})
-            protocol.proceed.set()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(conn.request, "run", {"cell_id": "a"})
+                await trio.testing.wait_all_tasks_blocked()
+                assert server.frames_received["run"] == 0  # waiting, not failed, not sent
+                protocol.proceed.set()
             await conn.wait_acked()
+            assert server.frames_received["run"] == 1
             assert server.cells == {"a": "1"}
             assert server.connections_opened == 2
             # aclose() in that same window is fine too.
@@ -793,6 +796,46 @@ async def test_request_while_closed_raises_not_connected() -> None:
             with pytest.raises(NotConnected, match="CLOSED"):
                 await conn.request("run", {"cell_id": "a"})
             assert server.connections_opened == 1
+
+
+class _RequestBreaksTheLink(fsm.ReferenceProtocol):
+    """Its first request fails like a dead socket would."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.broken = False
+
+    async def request(self, link: Link, op: str, data: Any) -> Any:
+        if not self.broken:
+            self.broken = True
+            raise OSError("socket died mid-request")
+        return await super().request(link, op, data)
+
+
+async def test_a_request_cut_off_mid_send_raises_instead_of_hanging() -> None:
+    """A request whose send dies with the link raises NotConnected; the next one succeeds."""
+    with trio.fail_after(LIMIT):
+        async with serving(cells={"a": "1"}) as server, connector(
+            server, protocol=_RequestBreaksTheLink()
+        ) as conn:
+            with pytest.raises(NotConnected, match="send it again"):
+                await conn.request("run", {"cell_id": "a"})
+            await conn.request("run", {"cell_id": "a"})
+            assert server.frames_received["run"] == 1
+
+
+async def test_a_refused_request_raises_request_failed_and_keeps_the_connection() -> None:
+    """A request the adapter reports as refused raises RequestFailed; the state stays OPEN."""
+
+    class Refusing(fsm.ReferenceProtocol):
+        async def request(self, link: Link, op: str, data: Any) -> Any:
+            raise ValueError("HTTP 400: bad request")
+
+    with trio.fail_after(LIMIT):
+        async with serving() as server, connector(server, protocol=Refusing()) as conn:
+            with pytest.raises(fsm.RequestFailed, match="HTTP 400"):
+                await conn.request("run", {})
+            assert conn.state is fsm.ConnState.OPEN
 
 
 async def test_connect_while_open_is_a_no_op() -> None:
