@@ -32,7 +32,7 @@ import math
 import random
 import secrets
 import ssl
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import urlsplit
@@ -71,7 +71,7 @@ from fsm.protocols import (
     normalise_url,
 )
 
-__all__ = ["Connector", "Link", "TransitionStream", "open_connector"]
+__all__ = ["Connector", "Link", "StreamOpener", "TransitionStream", "open_connector", "open_tcp"]
 
 # trio-websocket closes the socket (1009) above this; our decoder refuses (and
 # logs) frames above MAX_FRAME_SIZE, so frames in between are skipped, not fatal.
@@ -192,8 +192,12 @@ class Connector:
         edit_limit: int = DEFAULT_EDIT_LIMIT,
         message_buffer: int = 10_000,
         logger: Any = None,
+        open_stream: StreamOpener | None = None,
     ) -> None:
         self.url = normalise_url(url)
+        if open_stream is not None and not callable(open_stream):
+            raise TypeError(f"open_stream must be callable, got {type(open_stream).__name__}")
+        self._open_stream: StreamOpener = open_stream if open_stream is not None else open_tcp
         if protocol is not None and not isinstance(protocol, KernelProtocol):
             raise TypeError(f"protocol must be a KernelProtocol, got {type(protocol).__name__}")
         self.protocol = protocol if protocol is not None else ReferenceProtocol()
@@ -547,13 +551,7 @@ class Connector:
         only delay the reconnect.
         """
         host, port, resource, secure = _websocket_target(ws_url)
-        stream: trio.SocketStream | trio.SSLStream[trio.SocketStream]
-        if secure:
-            stream = await trio.open_ssl_over_tcp_stream(
-                host, port, ssl_context=ssl.create_default_context(), https_compatible=True
-            )
-        else:
-            stream = await trio.open_tcp_stream(host, port)
+        stream = await self._open_stream(host, port, secure)
         default_port = 443 if secure else 80
         host_header = f"[{host}]" if ":" in host else host
         if port != default_port:
@@ -563,7 +561,7 @@ class Connector:
             async with trio.open_nursery() as nursery:
                 ws = await trio_websocket.wrap_client_stream(
                     nursery,
-                    stream,
+                    stream,  # type: ignore[arg-type]  # any trio Stream works; typed narrowly
                     host_header,
                     resource,
                     extra_headers=self.protocol.extra_headers(),
@@ -793,6 +791,19 @@ class Connector:
         self._subscribers.clear()
 
 
+#: Opens the byte stream one WebSocket runs over: ``(host, port, secure) -> Stream``.
+StreamOpener = Callable[[str, int, bool], Awaitable[trio.abc.Stream]]
+
+
+async def open_tcp(host: str, port: int, secure: bool) -> trio.abc.Stream:
+    """The default :data:`StreamOpener`: TCP, with TLS for ``wss://``."""
+    if secure:
+        return await trio.open_ssl_over_tcp_stream(
+            host, port, ssl_context=ssl.create_default_context(), https_compatible=True
+        )
+    return await trio.open_tcp_stream(host, port)
+
+
 def _lost_before_sent(op: str) -> NotConnected:
     return NotConnected(f"the connection was lost before request {op!r} completed; send it again")
 
@@ -852,6 +863,7 @@ async def open_connector(
     edit_limit: int = DEFAULT_EDIT_LIMIT,
     message_buffer: int = 10_000,
     logger: Any = None,
+    open_stream: StreamOpener | None = None,
 ) -> AsyncIterator[Connector]:
     """Open a :class:`Connector` to the kernel server at ``url``.
 
@@ -866,6 +878,9 @@ async def open_connector(
     close waits at most ``close_timeout``. ``rng`` draws back-off jitter;
     ``edit_limit`` bounds the edit buffer; ``message_buffer`` bounds unread
     messages; ``logger`` is a structlog logger (``session_id`` is bound to it).
+    ``open_stream(host, port, secure)`` opens the byte stream each WebSocket runs
+    over (default: TCP, TLS for ``wss``); tests pass in-memory streams, so that a
+    whole fleet can run on ``trio.testing.MockClock`` with no real I/O.
 
     On leaving the block the connector closes (gracefully if OPEN, shielded and
     bounded by ``close_timeout``) and every task and socket it started is gone.
@@ -882,6 +897,7 @@ async def open_connector(
         edit_limit=edit_limit,
         message_buffer=message_buffer,
         logger=logger,
+        open_stream=open_stream,
     )
     if not isinstance(lazy, bool):
         raise TypeError(f"lazy must be a bool, got {lazy!r}")

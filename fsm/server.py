@@ -185,7 +185,7 @@ class Faults:
 class _Conn:
     """Book-keeping for one TCP connection, from accept to close."""
 
-    raw: trio.SocketStream
+    raw: trio.abc.Stream
     faults: Faults
     planned: bool
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
@@ -254,7 +254,7 @@ class _ServerStream(trio.abc.Stream):
     """
 
     def __init__(
-        self, raw: trio.SocketStream, prefix: bytes, gate: Callable[[], Awaitable[None]]
+        self, raw: trio.abc.Stream, prefix: bytes, gate: Callable[[], Awaitable[None]]
     ) -> None:
         self._raw = raw
         self._prefix = prefix
@@ -524,14 +524,17 @@ class KernelServer:
         targets = list(self._conns)
         for conn in targets:
             log.info("connection_dropped", session_id=conn.session_id)
-            with contextlib.suppress(OSError):
-                # SO_LINGER with a zero timeout makes close() send RST instead of FIN.
-                conn.raw.socket.setsockopt(
-                    socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
-                )
-            # Closing the trio socket synchronously wakes every task blocked on it with
-            # ClosedResourceError, so trio-websocket's reader aborts without sending anything.
-            conn.raw.socket.close()
+            if isinstance(conn.raw, trio.SocketStream):
+                with contextlib.suppress(OSError):
+                    # SO_LINGER with a zero timeout makes close() send RST instead of FIN.
+                    conn.raw.socket.setsockopt(
+                        socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                    )
+                # Closing the trio socket synchronously wakes every task blocked on it with
+                # ClosedResourceError, so trio-websocket's reader aborts without sending
+                # anything.
+                conn.raw.socket.close()
+            # (An in-memory stream is closed, without a close frame, as the scope unwinds.)
             conn.scope.cancel()
         await self.wait_until(lambda s: not any(c in s._conns for c in targets))
 
@@ -544,7 +547,15 @@ class KernelServer:
 
     # ------------------------------------------------------------------ per connection
 
-    async def _handle_tcp(self, raw: trio.SocketStream) -> None:
+    async def handle_stream(self, raw: trio.abc.Stream) -> None:
+        """Serve one client over ``raw``: a TCP stream, or an in-memory one in tests.
+
+        With ``trio.testing.memory_stream_pair()`` and a connector's ``open_stream``
+        hook, client and server run with no real I/O, so on ``MockClock`` too.
+        """
+        await self._handle_tcp(raw)
+
+    async def _handle_tcp(self, raw: trio.abc.Stream) -> None:
         planned = bool(self.fault_plan)
         faults = self.fault_plan.popleft() if planned else self.faults._snapshot()
         conn = _Conn(raw=raw, faults=faults, planned=planned)
@@ -664,7 +675,7 @@ class KernelServer:
             await conn.raw.send_all(_http_response(404, b'{"error":"not found"}'))
 
     @staticmethod
-    async def _read_head(raw: trio.SocketStream) -> tuple[bytes, bytes] | None:
+    async def _read_head(raw: trio.abc.Stream) -> tuple[bytes, bytes] | None:
         """Read up to the end of the HTTP request head; ``None`` on EOF or an oversized head."""
         buf = b""
         while b"\r\n\r\n" not in buf:
@@ -678,7 +689,7 @@ class KernelServer:
         return head + b"\r\n\r\n", rest
 
     @staticmethod
-    async def _drain(raw: trio.SocketStream) -> None:
+    async def _drain(raw: trio.abc.Stream) -> None:
         """Swallow bytes until the peer hangs up: holding a connection without answering."""
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
             while await raw.receive_some(4096):
