@@ -821,7 +821,7 @@ async def test_a_request_cut_off_mid_send_raises_instead_of_hanging() -> None:
             with pytest.raises(NotConnected, match="send it again"):
                 await conn.request("run", {"cell_id": "a"})
             await conn.request("run", {"cell_id": "a"})
-            assert server.frames_received["run"] == 1
+            await server.wait_until(lambda s: s.frames_received["run"] == 1)
 
 
 async def test_a_refused_request_raises_request_failed_and_keeps_the_connection() -> None:
