@@ -58,6 +58,7 @@ from fsm._redact import describe, redact
 from fsm._types import CloseReason, ConnState, Phase, Transition
 
 __all__ = [
+    "EVENTS",
     "Backoff",
     "ConnectionLifecycle",
     "Dial",
@@ -126,6 +127,20 @@ _STATE_OF: Final[dict[str, tuple[ConnState, Phase | None]]] = {
     "closing": (ConnState.CLOSING, None),
     "closed": (ConnState.CLOSED, None),
 }
+
+#: Every lifecycle event, in the order the machine declares them.
+EVENTS: Final = (
+    "connect",
+    "request",
+    "ready",
+    "fail",
+    "retry",
+    "drop",
+    "reject",
+    "shutdown",
+    "close",
+    "close_finished",
+)
 
 # The reason CLOSED records, by the event that led there.
 _REASON_BY_EVENT: Final[dict[str, CloseReason]] = {

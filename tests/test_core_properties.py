@@ -41,19 +41,8 @@ from fsm import (
     SendEdit,
     Transition,
 )
+from fsm.lifecycle import EVENTS
 
-EVENTS = (
-    "connect",
-    "request",
-    "ready",
-    "fail",
-    "retry",
-    "drop",
-    "reject",
-    "shutdown",
-    "close",
-    "close_finished",
-)
 CELLS = st.sampled_from(["a", "b", "c", "d", "e"])
 CODES = st.text(alphabet="xyz= 01", max_size=6)
 UPTIMES = st.sampled_from([0.0, 1.0, 4.999, 5.0, 30.0])

@@ -30,20 +30,7 @@ from fsm import (
     RetryPolicy,
     SendEdit,
 )
-from fsm.lifecycle import _LifecycleMachine
-
-EVENTS = (
-    "connect",
-    "request",
-    "ready",
-    "fail",
-    "retry",
-    "drop",
-    "reject",
-    "shutdown",
-    "close",
-    "close_finished",
-)
+from fsm.lifecycle import EVENTS, _LifecycleMachine
 
 
 def make(seed: int = 0, *, edit_limit: int = 10_000, **policy: float) -> ConnectionLifecycle:
@@ -933,3 +920,9 @@ def test_the_core_does_not_import_trio() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == ""
+
+
+def test_events_lists_every_declared_event_once() -> None:
+    """fsm.lifecycle.EVENTS names exactly the events the machine declares, each once."""
+    assert len(set(EVENTS)) == len(EVENTS)
+    assert set(EVENTS) == {event.id for event in _LifecycleMachine.events}
