@@ -9,7 +9,8 @@ latest code and, once it has been sent, the sequence number it was sent with
 - ``take_flush`` puts every pending entry in flight under one sequence number and
   returns the batch: this is what the transition into OPEN sends.
 - ``ack(seq)`` forgets exactly the entries still carrying ``seq``; an entry edited
-  again since then carries a newer number (or none) and stays.
+  again since then carries a newer number (or none) and stays. Every sequence number
+  sent is expected to be acked once, even one whose edits were all superseded.
 - ``requeue`` (the connection was lost) turns every in-flight entry back into a
   pending one, so the next flush carries it again.
 
@@ -80,12 +81,12 @@ class EditBuffer:
             self._in_flight.setdefault(seq, set()).add(cell_id)
 
     def _forget_in_flight(self, cell_id: str, seq: int | None) -> None:
+        # The seq stays known even when nothing waits on it any more (its edits were
+        # superseded), so that the server's ack for it is expected, not "unknown".
         if seq is not None:
             cells = self._in_flight.get(seq)
             if cells is not None:
                 cells.discard(cell_id)
-                if not cells:
-                    del self._in_flight[seq]
 
     def _new_seq(self) -> int:
         seq = self._next_seq
@@ -112,12 +113,12 @@ class EditBuffer:
                 entry.seq = seq
                 codes[cell_id] = entry.code
                 cells.add(cell_id)
-        if cells:
-            self._in_flight[seq] = cells
+        # Registered even when empty: the server acks every flush.
+        self._in_flight[seq] = cells
         return FlushBatch(seq, codes)
 
     def ack(self, seq: int) -> bool:
-        """Forget the edits acknowledged by ``seq``; False if nothing was waiting on it."""
+        """Forget the edits acknowledged by ``seq``; False if ``seq`` is not awaiting an ack."""
         cells = self._in_flight.pop(seq, None)
         if cells is None:
             return False
@@ -145,5 +146,5 @@ class EditBuffer:
 
     @property
     def in_flight_seqs(self) -> frozenset[int]:
-        """Sequence numbers sent and not yet acknowledged."""
-        return frozenset(self._in_flight)
+        """Sequence numbers whose acknowledgement would forget edits still in flight."""
+        return frozenset(seq for seq, cells in self._in_flight.items() if cells)

@@ -230,7 +230,6 @@ class Connector:
         self._running = False
         self._link: Link | None = None
         self._timer: trio.CancelScope | None = None
-        self._empty_flush_seq: int | None = None
         self._changed = trio.Event()
         self._subscribers: set[trio.MemorySendChannel[Transition]] = set()
         self._messages_send, self._messages_receive = trio.open_memory_channel[Frame](
@@ -385,10 +384,6 @@ class Connector:
             elif isinstance(effect, Backoff):
                 self._start_timer(effect.delay)
             elif isinstance(effect, Flush | SendEdit):
-                if isinstance(effect, Flush):
-                    # A flush that carries nothing is still sent (and acked), but no
-                    # buffered edit waits on its ack: remember it, so that ack is expected.
-                    self._empty_flush_seq = None if effect.batch.codes else effect.batch.seq
                 if self._link is not None:
                     # A closed outbox means the link is lost and being released: the
                     # buffer keeps the edit and the next flush carries it.
@@ -508,6 +503,10 @@ class Connector:
                 link.ws = ws
                 frame = await self._await_ready(link, ws)
                 await self.protocol.on_ready(link, frame)
+                if link.abandoned or self._link is not link:
+                    # Abandoned while its ready frame was on the way (a cancellation is
+                    # only delivered at the next checkpoint): a newer cycle owns the state.
+                    return
                 link.scope.deadline = math.inf
                 link.opened_at = trio.current_time()
                 self._report(self._lc.ready)
@@ -527,7 +526,12 @@ class Connector:
         except OSError as exc:
             link.lost(redact(describe(exc)))
         except Exception as exc:
-            if link.closing:  # e.g. a Pong arriving during aclose() (DESIGN.md section 9)
+            if _is_wire_protocol_error(exc) and not link.closing:
+                # h11/wsproto refused what the server sent (trio-websocket 0.12.2 lets
+                # these escape): a broken peer, not a bug of ours.
+                what = "invalid handshake answer" if link.opened_at is None else "protocol error"
+                link.lost(f"{what}: {redact(describe(exc))}")
+            elif link.closing:  # e.g. a Pong arriving during aclose() (DESIGN.md section 9)
                 self._log.debug("close_error", cause=redact(describe(exc)))
                 link.set_end("close_finished", "closed by the client")
             else:
@@ -608,9 +612,11 @@ class Connector:
             frame = self._decode(await ws.get_message())
             if frame is None:
                 continue
-            if self.protocol.is_ready(frame):
+            ready = self._is_ready(frame)
+            if ready:
                 return frame
-            self._on_frame(link, frame)
+            if ready is not None:
+                self._on_frame(link, frame)
 
     async def _serve(self, link: Link, ws: trio_websocket.WebSocketConnection) -> None:
         async with trio.open_nursery() as nursery:
@@ -621,11 +627,13 @@ class Connector:
             try:
                 while True:
                     frame = self._decode(await ws.get_message())
-                    if frame is not None:
-                        if self.protocol.is_ready(frame):
-                            self._bad_frame("a second ready frame while open")
-                        else:
-                            self._on_frame(link, frame)
+                    if frame is None:
+                        continue
+                    ready = self._is_ready(frame)
+                    if ready:
+                        self._bad_frame("a second ready frame while open")
+                    elif ready is not None:
+                        self._on_frame(link, frame)
             except trio_websocket.ConnectionClosed as exc:
                 if link.closing:
                     # Our own close started (aclose() ends the message stream at once):
@@ -717,6 +725,14 @@ class Connector:
             self._bad_frame(exc.reason)
             return None
 
+    def _is_ready(self, frame: Frame) -> bool | None:
+        """Whether ``frame`` is the ready frame; None (logged) if it is a malformed one."""
+        try:
+            return self.protocol.is_ready(frame)
+        except ValueError as exc:
+            self._bad_frame(str(exc))
+            return None
+
     def _bad_frame(self, reason: str) -> None:
         self.stats["bad_frames"] += 1
         self._log.warning("bad_frame", reason=reason)
@@ -739,8 +755,6 @@ class Connector:
     def _on_ack(self, seq: int) -> None:
         if self._lc.ack(seq):
             self._wake()
-        elif seq == self._empty_flush_seq:
-            self._empty_flush_seq = None
         else:
             self.stats["unknown_acks"] += 1
             self._log.warning("unknown_ack", seq=seq)
@@ -802,6 +816,11 @@ async def open_tcp(host: str, port: int, secure: bool) -> trio.abc.Stream:
             host, port, ssl_context=ssl.create_default_context(), https_compatible=True
         )
     return await trio.open_tcp_stream(host, port)
+
+
+def _is_wire_protocol_error(exc: BaseException) -> bool:
+    """Whether ``exc`` comes from the HTTP/WebSocket parsers (h11, wsproto)."""
+    return any(cls.__module__.split(".")[0] in ("h11", "wsproto") for cls in type(exc).__mro__)
 
 
 def _lost_before_sent(op: str) -> NotConnected:

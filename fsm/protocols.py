@@ -108,7 +108,7 @@ class KernelProtocol:
         """Run before the handshake; raise AttemptFailed or AttemptRejected to stop it."""
 
     def is_ready(self, frame: Frame) -> bool:
-        """Whether ``frame`` completes the attempt."""
+        """Whether ``frame`` completes the attempt; ValueError if it is a malformed one."""
         return frame.op in self.ready_ops
 
     async def on_ready(self, link: Link, frame: Frame) -> None:
@@ -173,6 +173,13 @@ class ReferenceProtocol(KernelProtocol):
         await link.send_frame(
             "edit", {"seq": edit.seq, "cell_id": edit.cell_id, "code": edit.code}
         )
+
+    def is_ready(self, frame: Frame) -> bool:
+        if frame.op not in self.ready_ops:
+            return False
+        if not isinstance(frame.data, dict):
+            raise ValueError(f"{frame.op} whose data is not an object")
+        return True
 
     def ack_seq(self, frame: Frame) -> int | None:
         if frame.op != "ack":

@@ -82,13 +82,15 @@ def test_take_flush_skips_edits_already_in_flight() -> None:
     assert buffer.in_flight_seqs == frozenset({sent, batch.seq})
 
 
-def test_an_empty_flush_has_nothing_to_acknowledge() -> None:
-    """A flush with nothing pending is an empty batch, and acking it returns False."""
+def test_an_empty_flush_is_still_acknowledged_once() -> None:
+    """A flush with nothing pending is an empty batch whose seq is acked once, then unknown."""
     buffer = EditBuffer()
     batch = buffer.take_flush()
     assert batch.codes == {}
-    assert buffer.in_flight_seqs == frozenset()
+    assert buffer.in_flight_seqs == frozenset()  # no edit waits on it
+    assert buffer.ack(batch.seq) is True
     assert buffer.ack(batch.seq) is False
+    assert buffer.in_flight_seqs == frozenset()
 
 
 def test_flush_batches_get_fresh_seqs() -> None:
@@ -140,7 +142,7 @@ def test_ack_keeps_an_edit_superseded_by_a_pending_edit() -> None:
     buffer = EditBuffer()
     seq = buffer.send("a", "old")
     buffer.put("a", "new")
-    assert buffer.ack(seq) is False
+    assert buffer.ack(seq) is True  # expected (it was sent), but it forgets nothing
     assert buffer.pending == {"a": "new"}
     assert buffer.unsent == {"a": "new"}
 
