@@ -1,0 +1,155 @@
+"""Where the time goes: cProfile, aggregated by package (fsm, python-statemachine, trio, ...).
+
+    python bench/hotspots.py event    # one lifecycle event vs the raw engine (section 1)
+    python bench/hotspots.py build    # building the engine (the first event's cost)
+    python bench/hotspots.py open     # N connectors vs N bare WebSockets until OPEN (section 4)
+
+Profiling inflates call-heavy code more than the rest, so read the shares, not the
+absolute times. Used for the analysis in docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import cProfile
+import pstats
+import random
+import time
+
+from common import quiet_structlog
+
+GROUPS = ("fsm/server.py", "fsm/", "statemachine", "structlog", "trio_websocket", "wsproto",
+          "h11", "trio")
+
+
+def by_package(profile: cProfile.Profile) -> collections.Counter[str]:
+    shares: collections.Counter[str] = collections.Counter()
+    for (filename, _line, _func), (_cc, _nc, tottime, _ct, _callers) in (
+        pstats.Stats(profile).stats.items()  # type: ignore[attr-defined]
+    ):
+        group = next((g for g in GROUPS if f"/{g}" in filename), None)
+        if group is None:
+            group = "builtins" if filename == "~" else "stdlib/other"
+        shares[group] += tottime
+    return shares
+
+
+def show(title: str, shares: collections.Counter[str], per: int, unit: str) -> None:
+    total = sum(shares.values())
+    print(f"{title}: {total / per * 1e6:.1f} µs per {unit} (profiled)")
+    for group, seconds in shares.most_common():
+        print(f"  {group:16s} {seconds / per * 1e6:9.1f} µs  {seconds / total:6.1%}")
+
+
+def profile_event(n: int) -> None:
+    from shapes import RawMachine
+
+    import fsm
+
+    lc = fsm.ConnectionLifecycle(rng=random.Random(0))
+    lc.connect()
+    lc.ready()
+    raw = RawMachine()
+    raw.send("connect")
+    raw.send("ready")
+    for title, cycle in (
+        ("ConnectionLifecycle", lambda: (lc.drop(100.0), lc.retry(), lc.ready())),
+        ("raw python-statemachine", lambda: (raw.send("drop", uptime=100.0),
+                                             raw.send("retry"), raw.send("ready"))),
+    ):
+        profile = cProfile.Profile()
+        profile.enable()
+        for _ in range(n):
+            cycle()
+        profile.disable()
+        show(title, by_package(profile), 3 * n, "event")
+
+
+def profile_build(n: int) -> None:
+    from shapes import RawMachine
+
+    import fsm
+
+    for title, build in (
+        ("ConnectionLifecycle + connect (engine built)",
+         lambda: fsm.ConnectionLifecycle(log_transitions=False).connect()),
+        ("RawMachine() + connect", lambda: RawMachine().send("connect")),
+    ):
+        profile = cProfile.Profile()
+        profile.enable()
+        for _ in range(n):
+            build()
+        profile.disable()
+        show(title, by_package(profile), n, "instance")
+
+
+def profile_open(n: int) -> None:
+    import trio
+    import trio_websocket
+
+    from fsm.connector import open_connector
+    from fsm.server import KernelServer
+
+    async def run(kind: str) -> tuple[cProfile.Profile, float]:
+        server = KernelServer()
+        async with trio.open_nursery() as outer:
+            await outer.start(server.serve)
+            opened = 0
+            done = trio.Event()
+
+            def arrived() -> None:
+                nonlocal opened
+                opened += 1
+                if opened == n:
+                    done.set()
+
+            async def connector(i: int) -> None:
+                async with open_connector(server.url, session_id=f"c{i}",
+                                          heartbeat_interval=None) as conn:
+                    await conn.connect()
+                    arrived()
+                    await trio.sleep_forever()
+
+            async def bare(i: int) -> None:
+                url = f"{server.url}?session_id=b{i}"
+                async with trio_websocket.open_websocket_url(url) as ws:
+                    await ws.get_message()
+                    arrived()
+                    await trio.sleep_forever()
+
+            async with trio.open_nursery() as clients:
+                profile = cProfile.Profile()
+                profile.enable()
+                start = time.perf_counter()
+                for i in range(n):
+                    clients.start_soon(connector if kind == "connector" else bare, i)
+                await done.wait()
+                profile.disable()
+                elapsed = time.perf_counter() - start
+                clients.cancel_scope.cancel()
+            outer.cancel_scope.cancel()
+        return profile, elapsed
+
+    for kind in ("bare", "connector"):
+        profile, elapsed = trio.run(run, kind)
+        show(f"{n} {kind} clients until OPEN ({elapsed:.2f} s profiled)", by_package(profile), n,
+             "connection")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("what", choices=["event", "build", "open"])
+    parser.add_argument("-n", type=int, default=0, help="iterations / connections")
+    args = parser.parse_args()
+    quiet_structlog()
+    if args.what == "event":
+        profile_event(args.n or 1000)
+    elif args.what == "build":
+        profile_build(args.n or 200)
+    else:
+        profile_open(args.n or 200)
+
+
+if __name__ == "__main__":
+    main()
