@@ -503,6 +503,7 @@ class Connector:
                 link.ws = ws
                 frame = await self._await_ready(link, ws)
                 await self.protocol.on_ready(link, frame)
+                del frame  # it can hold every cell's code; the adapter kept what it needs
                 if link.abandoned or self._link is not link:
                     # Abandoned while its ready frame was on the way (a cancellation is
                     # only delivered at the next checkpoint): a newer cycle owns the state.
