@@ -95,11 +95,24 @@ class EditBuffer:
 
     def put(self, cell_id: str, code: str) -> None:
         """Record an edit made while not OPEN: pending until the next flush."""
+        entry = self._entries.get(cell_id)
+        if entry is not None and entry.seq is None and type(code) is str:
+            entry.code = code  # the hot path: a cell edited again before it was sent
+            return
         self._record(cell_id, code, None)
 
     def send(self, cell_id: str, code: str) -> int:
         """Record an edit sent at once (OPEN); return its sequence number."""
-        seq = self._new_seq()
+        seq = self._next_seq
+        self._next_seq = seq + 1
+        entry = self._entries.get(cell_id)
+        if entry is not None and type(code) is str:
+            # The hot path: a cell edited again while OPEN.
+            self._forget_in_flight(cell_id, entry.seq)
+            entry.code = code
+            entry.seq = seq
+            self._in_flight[seq] = {cell_id}
+            return seq
         self._record(cell_id, code, seq)
         return seq
 
