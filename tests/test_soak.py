@@ -50,6 +50,7 @@ from typing import Any
 import structlog
 import trio
 import trio.testing
+from _connector_helpers import all_tasks
 
 import fsm
 from fsm import ConnState
@@ -318,17 +319,3 @@ def test_soak_100_clients_24_virtual_hours() -> None:
     # one object per reconnect fails (the noise, tasks caught in other phases, is ~200).
     assert hour24["objects"] - hour1["objects"] < figures["reconnects"] / 2, figures["most_grown"]
     assert figures["block_growth"] < MAX_GROWTH, figures["most_grown"]
-
-
-def all_tasks() -> set[trio.lowlevel.Task]:
-    """Every task alive in this trio run."""
-    found: set[trio.lowlevel.Task] = set()
-    pending = [trio.lowlevel.current_root_task()]
-    while pending:
-        task = pending.pop()
-        if task is None or task in found:
-            continue
-        found.add(task)
-        for nursery in task.child_nurseries:
-            pending.extend(nursery.child_tasks)
-    return found
