@@ -61,6 +61,15 @@ class EditBuffer:
         return len(self._entries)
 
     def _record(self, cell_id: str, code: str, seq: int | None) -> None:
+        entry = self._entries.get(cell_id) if type(cell_id) is str else None
+        if entry is not None and type(code) is str:
+            # The hot path: a cell edited again (its id was checked on its first edit).
+            self._forget_in_flight(cell_id, entry.seq)
+            entry.code = code
+            entry.seq = seq
+            if seq is not None:
+                self._in_flight[seq] = {cell_id}
+            return
         if not isinstance(cell_id, str) or not cell_id:
             raise TypeError(f"cell_id must be a non-empty str, got {cell_id!r}")
         if not isinstance(code, str):
@@ -103,16 +112,7 @@ class EditBuffer:
 
     def send(self, cell_id: str, code: str) -> int:
         """Record an edit sent at once (OPEN); return its sequence number."""
-        seq = self._next_seq
-        self._next_seq = seq + 1
-        entry = self._entries.get(cell_id)
-        if entry is not None and type(code) is str:
-            # The hot path: a cell edited again while OPEN.
-            self._forget_in_flight(cell_id, entry.seq)
-            entry.code = code
-            entry.seq = seq
-            self._in_flight[seq] = {cell_id}
-            return seq
+        seq = self._new_seq()
         self._record(cell_id, code, seq)
         return seq
 

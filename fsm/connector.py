@@ -27,7 +27,6 @@ nursery holds no task, no socket and no timer until then (lazy by default).
 
 from __future__ import annotations
 
-import contextlib
 import math
 import random
 import secrets
@@ -131,6 +130,18 @@ class Link:
     def acknowledge(self, seq: int) -> None:
         """Mark ``seq`` acknowledged (for adapters whose acks are not frames)."""
         self.connector._on_ack(seq)
+
+    def post(self, item: _Outgoing) -> bool:
+        """Queue ``item`` for the sender; False if the outbox is closed.
+
+        A closed outbox means the link is lost and being released: a buffered edit
+        waits for the next flush, and the link reports how it ended on its own.
+        """
+        try:
+            self.outbox_send.send_nowait(item)
+        except trio.ClosedResourceError:
+            return False
+        return True
 
     def set_end(self, event: str, cause: str) -> None:
         if self.end is None:
@@ -284,13 +295,7 @@ class Connector:
         """Record an edit; it is sent now if OPEN, else buffered until OPEN. Never blocks."""
         effect = self._lc.edit(cell_id, code)
         if effect is not None and self._link is not None:
-            # Straight to the outbox (not through _apply, nor contextlib.suppress: both
-            # cost more than the rest of an edit). A closed outbox means the link is
-            # lost and being released: the buffer keeps the edit for the next flush.
-            try:  # noqa: SIM105 - contextlib.suppress() costs ~0.5 us per edit
-                self._link.outbox_send.send_nowait(effect)
-            except trio.ClosedResourceError:
-                pass
+            self._link.post(effect)  # straight to the outbox: _apply costs more than an edit
 
     async def connect(self) -> None:
         """Start (or restart from CLOSED) and return once OPEN.
@@ -323,11 +328,8 @@ class Connector:
             # wait for the lifecycle to move on (and reconnect) rather than fail.
             await self._changed.wait()
         request = _Request(op, data)
-        try:
-            link.outbox_send.send_nowait(request)
-        except trio.ClosedResourceError:
-            # The link is lost and being released; its loss is not reported yet.
-            raise _lost_before_sent(op) from None
+        if not link.post(request):
+            raise _lost_before_sent(op)
         await request.done.wait()
         if request.error is not None:
             raise request.error
@@ -391,10 +393,7 @@ class Connector:
                 self._start_timer(effect.delay)
             elif isinstance(effect, (Flush, SendEdit)):
                 if self._link is not None:
-                    # A closed outbox means the link is lost and being released: the
-                    # buffer keeps the edit and the next flush carries it.
-                    with contextlib.suppress(trio.ClosedResourceError):
-                        self._link.outbox_send.send_nowait(effect)
+                    self._link.post(effect)
             elif isinstance(effect, HangUp):
                 if effect.graceful:
                     self._hang_up()
@@ -428,9 +427,7 @@ class Connector:
             return
         link.closing = True
         link.scope.deadline = min(link.scope.deadline, trio.current_time() + self.close_timeout)
-        # A closed outbox: the link is already ending, and will report close_finished.
-        with contextlib.suppress(trio.ClosedResourceError):
-            link.outbox_send.send_nowait(_CLOSE)
+        link.post(_CLOSE)  # if closed, the ending link reports close_finished itself
 
     def _abandon(self) -> None:
         link, self._link = self._link, None
