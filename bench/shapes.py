@@ -375,6 +375,6 @@ def declared_shape(machine_class: type) -> list[tuple[Any, ...]]:
 
 def shape_mismatch() -> list[tuple[Any, ...]]:
     """Transitions declared on only one of RawMachine and fsm's _LifecycleMachine."""
-    from fsm.lifecycle import _LifecycleMachine
+    from fsm._machine import _LifecycleMachine
 
     return sorted(set(declared_shape(RawMachine)) ^ set(declared_shape(_LifecycleMachine)))

@@ -19,24 +19,29 @@ An edit is a dict assignment, never an engine event: editing is the hot path.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from fsm._errors import EditBufferFull
+from fsm._value import Value, set_field
 
 #: Default bound on distinct cells awaiting acknowledgement.
 DEFAULT_EDIT_LIMIT = 10_000
 
 
-@dataclass(frozen=True, slots=True)
-class FlushBatch:
+class FlushBatch(Value):
     """The edits sent on entering OPEN: cell id to latest code, in cell order."""
 
+    __match_args__ = ("seq", "codes")
+    __slots__ = __match_args__
     seq: int
     codes: dict[str, str]
 
+    def __init__(self, seq: int, codes: dict[str, str]) -> None:
+        set_field(self, "seq", seq)
+        set_field(self, "codes", codes)
+
 
 class _Entry:
-    __slots__ = ("code", "seq")
+    __match_args__ = ("code", "seq")
+    __slots__ = __match_args__
 
     def __init__(self, code: str, seq: int | None) -> None:
         self.code = code
@@ -46,7 +51,8 @@ class _Entry:
 class EditBuffer:
     """Latest code per cell, kept until acknowledged; see the module docstring."""
 
-    __slots__ = ("_entries", "_in_flight", "_next_seq", "limit")
+    __match_args__ = ("_entries", "_in_flight", "_next_seq", "limit")
+    __slots__ = __match_args__
 
     def __init__(self, limit: int = DEFAULT_EDIT_LIMIT) -> None:
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:

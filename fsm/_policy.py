@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import math
-import random
 from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import random
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,15 +20,17 @@ class RetryPolicy:
         The seed's health check gives up after 25 tries; gRPC never gives up. We keep
         the seed's bound so that a dead server ends in ``CLOSED(GAVE_UP)``, which the
         user can always leave with ``connect()``.
-    ``initial_delay = 0.5``
-        Between the seed's 100 ms (too eager for contending clients) and gRPC's 1 s
-        (slow for an interactive notebook).
+    ``initial_delay = 1.0``
+        gRPC's initial backoff. With full jitter the first wait is 0.5 s on average;
+        a smaller first step (the seed's 100 ms, our earlier 0.5 s) packs the first
+        retries of many clients that lost the same server into a shorter window
+        (see the reconnect storm in ``docs/benchmarks.md``).
     ``multiplier = 1.6``
         gRPC's factor; websockets uses 1.618, the seed 1.2, partysocket 1.3.
     ``max_delay = 10.0``
         partysocket's cap; gRPC (120 s) and websockets (90 s) cap much later, which
         leaves a person staring at "connecting" for minutes. With these values the
-        whole schedule of 24 waits is at most about 3.2 minutes (half that on average).
+        whole schedule of 24 waits is at most about 3.4 minutes (half that on average).
     ``jitter = 1.0``
         Full jitter: each delay is drawn uniformly from ``[(1 - jitter) * d, d]``
         where ``d`` is the nominal delay. AWS's study of backoff found full jitter
@@ -44,7 +49,7 @@ class RetryPolicy:
     """
 
     max_attempts: int = 25
-    initial_delay: float = 0.5
+    initial_delay: float = 1.0
     multiplier: float = 1.6
     max_delay: float = 10.0
     jitter: float = 1.0

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+
+from fsm._value import Value, set_field
 
 
 class ConnState(enum.StrEnum):
@@ -32,8 +33,7 @@ class CloseReason(enum.StrEnum):
     SHUTDOWN = "SHUTDOWN"  #: the server announced its shutdown (1000 "SHUTDOWN")
 
 
-@dataclass(frozen=True, slots=True)
-class Transition:
+class Transition(Value):
     """One lifecycle transition, as observers and ``Connector.transitions()`` see it.
 
     ``attempt`` is the count of failed attempts in the current cycle after the
@@ -41,11 +41,33 @@ class Transition:
     ``cause`` says, with secrets redacted, what made a fail, drop, reject or shutdown.
     """
 
+    __match_args__ = ("source", "target", "event", "attempt", "delay", "reason", "phase", "cause")
+    __slots__ = __match_args__
     source: ConnState
     target: ConnState
     event: str
-    attempt: int = 0
-    delay: float | None = None
-    reason: CloseReason | None = None
-    phase: Phase | None = None
-    cause: str | None = None
+    attempt: int
+    delay: float | None
+    reason: CloseReason | None
+    phase: Phase | None
+    cause: str | None
+
+    def __init__(
+        self,
+        source: ConnState,
+        target: ConnState,
+        event: str,
+        attempt: int = 0,
+        delay: float | None = None,
+        reason: CloseReason | None = None,
+        phase: Phase | None = None,
+        cause: str | None = None,
+    ) -> None:
+        set_field(self, "source", source)
+        set_field(self, "target", target)
+        set_field(self, "event", event)
+        set_field(self, "attempt", attempt)
+        set_field(self, "delay", delay)
+        set_field(self, "reason", reason)
+        set_field(self, "phase", phase)
+        set_field(self, "cause", cause)

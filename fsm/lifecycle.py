@@ -12,9 +12,9 @@ A client's connection to a kernel server is in exactly one of five states::
                                        +--fail (no attempts left)/reject/shutdown--> CLOSED
 
 CONNECTING is a compound state: DIALING while an attempt is in flight, BACKING_OFF
-while the next attempt waits for its timer. ``_LifecycleMachine`` below declares
-every transition in one place (python-statemachine), and the diagrams in the docs
-are generated from it.
+while the next attempt waits for its timer. ``_LifecycleMachine`` in
+:mod:`fsm._machine` declares every transition in one place (python-statemachine),
+and the diagrams in the docs are generated from it.
 
 The core is sans-IO and synchronous: it never sleeps, opens a socket, reads a
 clock or touches a global RNG. Its driver tells it what happened by calling an
@@ -38,25 +38,33 @@ cost a dict assignment. :meth:`ConnectionLifecycle.edit` and
 :meth:`ConnectionLifecycle.ack` go straight to the :class:`~fsm.EditBuffer`, and
 ``state``/``can_interact`` read a cached value. The engine itself is built on the
 first event, so an idle NOT_STARTED lifecycle costs only a few small objects.
+
+After each event the lifecycle reads the engine's new configuration once (a
+``StateMachine`` raises when an event takes no transition), records it as a
+:class:`~fsm.Transition` and hands that to the observers, the transition logger
+among them. No generic per-transition hook is registered on the engine: the engine
+pays for every callback it binds, on every instance and every event.
 """
 
 from __future__ import annotations
 
 import logging
-import random
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import structlog
-from statemachine import State, StateMachine
 from statemachine.exceptions import TransitionNotAllowed
 
 from fsm._buffer import DEFAULT_EDIT_LIMIT, EditBuffer, FlushBatch
 from fsm._errors import InvalidTransition, NotConnected
 from fsm._policy import RetryPolicy
-from fsm._redact import describe, redact
 from fsm._types import CloseReason, ConnState, Phase, Transition
+from fsm._value import Value, set_field
+
+if TYPE_CHECKING:
+    import random
+
+    from fsm._machine import _LifecycleMachine
 
 __all__ = [
     "EVENTS",
@@ -74,60 +82,71 @@ __all__ = [
 # -- effects: what the driver must do next ---------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Dial:
+class Dial(Value):
     """Start attempt number ``attempt`` of this cycle; it must end within ``timeout``."""
 
+    __match_args__ = ("attempt", "timeout")
+    __slots__ = __match_args__
     attempt: int
     timeout: float
 
+    def __init__(self, attempt: int, timeout: float) -> None:
+        set_field(self, "attempt", attempt)
+        set_field(self, "timeout", timeout)
 
-@dataclass(frozen=True, slots=True)
-class Backoff:
+
+class Backoff(Value):
     """Wait ``delay`` seconds, then send ``retry``; ``attempt`` failed attempts so far."""
 
+    __match_args__ = ("attempt", "delay")
+    __slots__ = __match_args__
     attempt: int
     delay: float
 
+    def __init__(self, attempt: int, delay: float) -> None:
+        set_field(self, "attempt", attempt)
+        set_field(self, "delay", delay)
 
-@dataclass(frozen=True, slots=True)
-class Flush:
+
+class Flush(Value):
     """Send every edit not yet acknowledged, as one batch (on entering OPEN)."""
 
+    __match_args__ = ("batch",)
+    __slots__ = __match_args__
     batch: FlushBatch
 
+    def __init__(self, batch: FlushBatch) -> None:
+        set_field(self, "batch", batch)
 
-@dataclass(frozen=True, slots=True)
-class SendEdit:
+
+class SendEdit(Value):
     """Send one edit made while OPEN."""
 
+    __match_args__ = ("seq", "cell_id", "code")
+    __slots__ = __match_args__
     seq: int
     cell_id: str
     code: str
 
+    def __init__(self, seq: int, cell_id: str, code: str) -> None:
+        set_field(self, "seq", seq)
+        set_field(self, "cell_id", cell_id)
+        set_field(self, "code", code)
 
-@dataclass(frozen=True, slots=True)
-class HangUp:
+
+class HangUp(Value):
     """Close the socket gracefully (then ``close_finished``), or abandon what is in flight."""
 
+    __match_args__ = ("graceful",)
+    __slots__ = __match_args__
     graceful: bool
+
+    def __init__(self, graceful: bool) -> None:
+        set_field(self, "graceful", graceful)
 
 
 Effect = Dial | Backoff | Flush | SendEdit | HangUp
 
-
-# -- the machine: every lifecycle transition --------------------------------------
-
-# Which public state and phase each engine state (by id) stands for.
-_STATE_OF: Final[dict[str, tuple[ConnState, Phase | None]]] = {
-    "not_started": (ConnState.NOT_STARTED, None),
-    "connecting": (ConnState.CONNECTING, Phase.DIALING),
-    "dialing": (ConnState.CONNECTING, Phase.DIALING),
-    "backing_off": (ConnState.CONNECTING, Phase.BACKING_OFF),
-    "open": (ConnState.OPEN, None),
-    "closing": (ConnState.CLOSING, None),
-    "closed": (ConnState.CLOSED, None),
-}
 
 #: Every lifecycle event, in the order the machine declares them.
 EVENTS: Final = (
@@ -143,152 +162,6 @@ EVENTS: Final = (
     "close_finished",
 )
 
-# The reason CLOSED records, by the event that led there.
-_REASON_BY_EVENT: Final[dict[str, CloseReason]] = {
-    "fail": CloseReason.GAVE_UP,
-    "drop": CloseReason.GAVE_UP,
-    "reject": CloseReason.REJECTED,
-    "shutdown": CloseReason.SHUTDOWN,
-    "close": CloseReason.USER,
-    "close_finished": CloseReason.USER,
-}
-
-
-class _LifecycleMachine(StateMachine):
-    """The declarative lifecycle; callbacks read and write the owning ConnectionLifecycle."""
-
-    not_started = State("NOT_STARTED", value="NOT_STARTED", initial=True)
-
-    class connecting(State.Compound, name="CONNECTING"):
-        dialing = State("DIALING", value="DIALING", initial=True)
-        backing_off = State("BACKING_OFF", value="BACKING_OFF")
-
-    open = State("OPEN", value="OPEN")
-    closing = State("CLOSING", value="CLOSING")
-    closed = State("CLOSED", value="CLOSED")
-
-    # A user action: start lazily, or recover from CLOSED whatever the reason.
-    connect = (
-        not_started.to(connecting, cond="is_not_started")
-        | closed.to(connecting, on="start_new_cycle")
-        | closing.to.itself(internal=True, on="request_reconnect")  # type: ignore[no-untyped-call]
-        # No-ops on the leaves: an internal self-transition on the compound state
-        # re-enters its initial substate (SCXML), which would dial again.
-        | connecting.dialing.to.itself(internal=True)  # type: ignore[no-untyped-call]
-        | connecting.backing_off.to.itself(internal=True)  # type: ignore[no-untyped-call]
-        | open.to.itself(internal=True)  # type: ignore[no-untyped-call]
-    )
-    # The first use of a lazy connection starts it; later ones need nothing.
-    request = (
-        not_started.to(connecting, cond="is_not_started")
-        | connecting.dialing.to.itself(internal=True)  # type: ignore[no-untyped-call]
-        | connecting.backing_off.to.itself(internal=True)  # type: ignore[no-untyped-call]
-        | open.to.itself(internal=True, cond="can_interact")  # type: ignore[no-untyped-call]
-    )
-    # The server said it is ready: the edit buffer is flushed on this transition.
-    ready = connecting.dialing.to(open, on="flush_edits")
-    # Transitions sharing an event are tried in the order written here.
-    fail = connecting.dialing.to(
-        connecting.backing_off, cond="attempts_left", on="count_failure"
-    ) | connecting.dialing.to(closed, on="count_failure")
-    retry = connecting.backing_off.to(connecting.dialing)
-    drop = (
-        open.to(connecting.backing_off, cond="stayed_up", on="reset_attempts")
-        | open.to(connecting.backing_off, cond="attempts_left", on="count_failure")
-        | open.to(closed, on="count_failure")
-    )
-    reject = connecting.dialing.to(closed) | open.to(closed)
-    shutdown = connecting.dialing.to(closed) | open.to(closed)
-    close = (
-        not_started.to(closed)
-        | connecting.to(closed, on="abandon_attempt")
-        | open.to(closing, on="hang_up")
-        | closing.to.itself(internal=True, on="cancel_reconnect")  # type: ignore[no-untyped-call]
-        | closed.to.itself(internal=True)  # type: ignore[no-untyped-call]
-    )
-    close_finished = closing.to(connecting, cond="reconnect_requested", on="start_new_cycle") | (
-        closing.to(closed)
-    )
-
-    def __init__(self, owner: ConnectionLifecycle) -> None:
-        self._owner = owner
-        super().__init__()
-
-    # guards ---------------------------------------------------------------------
-
-    @property
-    def is_not_started(self) -> bool:
-        return self._owner.is_not_started
-
-    @property
-    def can_interact(self) -> bool:
-        return self._owner.can_interact
-
-    @property
-    def reconnect_requested(self) -> bool:
-        return self._owner._reconnect_after_close
-
-    def attempts_left(self) -> bool:
-        # Evaluated before count_failure runs: is this failure not yet the last allowed?
-        return self._owner._attempts + 1 < self._owner.policy.max_attempts
-
-    def stayed_up(self, uptime: float = 0.0) -> bool:
-        return uptime >= self._owner.policy.min_uptime
-
-    # actions --------------------------------------------------------------------
-
-    def start_new_cycle(self) -> None:
-        owner = self._owner
-        owner._attempts = 0
-        owner._reconnect_after_close = False
-
-    def request_reconnect(self) -> None:
-        self._owner._reconnect_after_close = True
-
-    def cancel_reconnect(self) -> None:
-        self._owner._reconnect_after_close = False
-
-    def count_failure(self) -> None:
-        self._owner._attempts += 1
-
-    def reset_attempts(self) -> None:
-        self._owner._attempts = 0
-
-    def flush_edits(self) -> None:
-        self._owner._effects.append(Flush(self._owner.buffer.take_flush()))
-
-    def abandon_attempt(self) -> None:
-        self._owner._effects.append(HangUp(graceful=False))
-
-    def hang_up(self) -> None:
-        self._owner._effects.append(HangUp(graceful=True))
-
-    def on_enter_dialing(self) -> None:
-        owner = self._owner
-        owner._effects.append(Dial(owner._attempts + 1, owner.policy.connect_timeout))
-
-    def on_enter_backing_off(self) -> None:
-        owner = self._owner
-        failures = max(1, owner._attempts)
-        owner._delay = owner.policy.backoff(failures, owner._rng)
-        owner._effects.append(Backoff(owner._attempts, owner._delay))
-
-    def on_exit_open(self) -> None:
-        # Whatever was in flight may be lost with the socket: the next flush resends it.
-        self._owner.buffer.requeue()
-
-    def on_enter_closed(self, event: str) -> None:
-        self._owner._close_reason = _REASON_BY_EVENT[event]
-
-    def on_exit_closed(self) -> None:
-        self._owner._close_reason = None
-
-    def after_transition(self, event: str, source: State, target: State) -> None:
-        # ``event`` is the engine's BoundEvent (a str subclass that holds the machine
-        # and reprs as BoundEvent(...)): records and logs get the plain name.
-        self._owner._after_transition(str(event), source.id, target.id)
-
-
 # -- the public core ----------------------------------------------------------------
 
 
@@ -301,7 +174,8 @@ class TransitionLogger:
     else) on the logger you pass.
     """
 
-    __slots__ = ("_logger",)
+    __match_args__ = ("_logger",)
+    __slots__ = __match_args__
 
     def __init__(self, logger: Any = None) -> None:
         self._logger = logger if logger is not None else structlog.get_logger("fsm")
@@ -342,6 +216,7 @@ _CONNECTING: Final = ConnState.CONNECTING
 _OPEN: Final = ConnState.OPEN
 _CLOSING: Final = ConnState.CLOSING
 _CLOSED: Final = ConnState.CLOSED
+_BACKING_OFF: Final = Phase.BACKING_OFF
 
 _log = structlog.get_logger("fsm")
 
@@ -374,8 +249,12 @@ class ConnectionLifecycle:
                 f"rng must be a random.Random (anything with a random() method), "
                 f"got {type(rng).__name__}"
             )
+        if rng is None:
+            import random  # here, not at import: ``import fsm`` need not load it
+
+            rng = random.Random()
         self.policy = policy if policy is not None else RetryPolicy()
-        self._rng = rng if rng is not None else random.Random()
+        self._rng = rng
         self.buffer = EditBuffer(edit_limit)
         self.observers: list[Callable[[Transition], None]] = list(observers or ())
         if log_transitions:
@@ -384,11 +263,11 @@ class ConnectionLifecycle:
         self._state = ConnState.NOT_STARTED
         self._phase: Phase | None = None
         self._attempts = 0
+        self._waits = 0  # back-off waits since the cycle began or a long-lived link dropped
         self._delay: float | None = None
         self._close_reason: CloseReason | None = None
         self._reconnect_after_close = False
         self._effects: list[Effect] = []
-        self._cause: BaseException | str | None = None
         #: The cause of the most recent failure, rejection or shutdown, if reported.
         self.last_cause: BaseException | str | None = None
 
@@ -431,7 +310,7 @@ class ConnectionLifecycle:
         return self.buffer.pending
 
     @property
-    def machine(self) -> StateMachine:
+    def machine(self) -> _LifecycleMachine:
         """The python-statemachine instance (built on first use); for diagrams and tests."""
         return self._engine()
 
@@ -503,6 +382,8 @@ class ConnectionLifecycle:
 
     def _engine(self) -> _LifecycleMachine:
         if self._machine is None:
+            from fsm._machine import _LifecycleMachine
+
             self._machine = _LifecycleMachine(self)
         return self._machine
 
@@ -513,7 +394,7 @@ class ConnectionLifecycle:
         previous_cause = self.last_cause
         if cause is not None:
             self.last_cause = cause  # set first, so that observers see it
-        self._cause = cause
+        source = self._state
         try:
             machine.send(event, **kwargs)
         except TransitionNotAllowed:
@@ -521,25 +402,37 @@ class ConnectionLifecycle:
             self.last_cause = previous_cause
             allowed = [e.id for e in machine.allowed_events]
             raise InvalidTransition(event, self._state, allowed) from None
-        finally:
-            self._cause = None
-        effects, self._effects = self._effects, []
-        return effects
-
-    def _after_transition(self, event: str, source_id: str, target_id: str) -> None:
-        source, _ = _STATE_OF[source_id]
-        target, phase = _STATE_OF[target_id]
+        # A StateMachine raises TransitionNotAllowed when no transition is taken, so
+        # exactly one was: read where it led, instead of a per-transition engine hook.
+        target, phase = _state_of(machine.current_state_value)
         self._state = target
         self._phase = phase
+        effects, self._effects = self._effects, []
+        if self.observers:
+            self._notify(source, target, phase, event, cause)
+        return effects
+
+    def _notify(
+        self,
+        source: ConnState,
+        target: ConnState,
+        phase: Phase | None,
+        event: str,
+        cause: BaseException | str | None,
+    ) -> None:
+        if cause is not None:
+            from fsm._redact import describe, redact  # only failures carry a cause
+
+            cause = redact(describe(cause))
         change = Transition(
             source=source,
             target=target,
             event=event,
             attempt=self._attempts,
-            delay=self._delay if phase is Phase.BACKING_OFF else None,
+            delay=self._delay if phase is _BACKING_OFF else None,
             reason=self._close_reason,
             phase=phase,
-            cause=None if self._cause is None else redact(describe(self._cause)),
+            cause=cause,
         )
         for observer in self.observers:
             try:
@@ -548,3 +441,21 @@ class ConnectionLifecycle:
                 # The transition has happened and its effects must reach the driver:
                 # a failing observer is logged, never allowed to break the lifecycle.
                 _log.exception("observer_failed", observer=repr(observer))
+
+
+# The public state and phase each engine state value stands for. In CONNECTING the
+# engine's value is the set of active states: the compound state and one leaf.
+_STATE_BY_VALUE: Final[dict[str, tuple[ConnState, Phase | None]]] = {
+    "NOT_STARTED": (ConnState.NOT_STARTED, None),
+    "OPEN": (ConnState.OPEN, None),
+    "CLOSING": (ConnState.CLOSING, None),
+    "CLOSED": (ConnState.CLOSED, None),
+}
+_DIALING_STATE: Final = (ConnState.CONNECTING, Phase.DIALING)
+_BACKING_OFF_STATE: Final = (ConnState.CONNECTING, Phase.BACKING_OFF)
+
+
+def _state_of(value: Any) -> tuple[ConnState, Phase | None]:
+    if type(value) is str:
+        return _STATE_BY_VALUE[value]
+    return _BACKING_OFF_STATE if "BACKING_OFF" in value else _DIALING_STATE

@@ -69,7 +69,9 @@ class Expected:
     reason: CloseReason | None
     reconnect: bool
     effects: list[type]  # the kinds of effect, in order
-    backoff_failures: int = 0  # the failure count whose delay a Backoff must carry
+    # Back-off waits since the cycle began or a connection that stayed up was lost:
+    # the n-th wait carries the n-th delay of the schedule.
+    waits: int = 0
 
 
 @dataclass
@@ -82,6 +84,7 @@ class Model:
     attempts: int = 0
     reason: CloseReason | None = None
     reconnect: bool = False
+    waits: int = 0
 
     def valid(self, event: str) -> bool:
         return self.predict(event, 0.0) is not None
@@ -89,6 +92,7 @@ class Model:
     def predict(self, event: str, uptime: float) -> Expected | None:
         """The outcome of ``event`` per DESIGN.md section 3, or None if it is invalid."""
         s, p, a, r, rec = self.state, self.phase, self.attempts, self.reason, self.reconnect
+        w = self.waits
 
         def to(
             state: ConnState,
@@ -98,25 +102,26 @@ class Model:
             reason: CloseReason | None = None,
             reconnect: bool = False,
             effects: tuple[type, ...] = (),
+            waits: int = w,
         ) -> Expected:
-            return Expected(state, phase, attempts, reason, reconnect, list(effects))
+            return Expected(state, phase, attempts, reason, reconnect, list(effects), waits)
 
         def failure(attempts: int) -> Expected:
             if attempts < self.max_attempts:
-                out = to(CN, BACKING_OFF, attempts=attempts, effects=(Backoff,))
-                out.backoff_failures = max(1, attempts)
-                return out
+                return to(CN, BACKING_OFF, attempts=attempts, effects=(Backoff,), waits=w + 1)
             return to(CD, attempts=attempts, reason=CloseReason.GAVE_UP)
 
         if event in ("connect", "request"):
             if s is NS:
-                return to(CN, DIALING, attempts=0, effects=(Dial,))
+                return to(CN, DIALING, attempts=0, effects=(Dial,), waits=0)
             if s in (CN, OP):
                 return to(s, p, reason=r)
             if s is CG:
                 return to(CG, reconnect=True) if event == "connect" else None
             if s is CD:
-                return to(CN, DIALING, attempts=0, effects=(Dial,)) if event == "connect" else None
+                if event == "connect":
+                    return to(CN, DIALING, attempts=0, effects=(Dial,), waits=0)
+                return None
         if event == "ready" and p is DIALING:
             return to(OP, effects=(Flush,))
         if event == "fail" and p is DIALING:
@@ -125,9 +130,7 @@ class Model:
             return to(CN, DIALING, effects=(Dial,))
         if event == "drop" and s is OP:
             if uptime >= MIN_UPTIME:
-                out = to(CN, BACKING_OFF, attempts=0, effects=(Backoff,))
-                out.backoff_failures = 1
-                return out
+                return to(CN, BACKING_OFF, attempts=0, effects=(Backoff,), waits=1)
             return failure(a + 1)
         if event in ("reject", "shutdown") and (p is DIALING or s is OP):
             reason = CloseReason.REJECTED if event == "reject" else CloseReason.SHUTDOWN
@@ -144,7 +147,7 @@ class Model:
             return to(CD, reason=r)
         if event == "close_finished" and s is CG:
             if rec:
-                return to(CN, DIALING, attempts=0, effects=(Dial,))
+                return to(CN, DIALING, attempts=0, effects=(Dial,), waits=0)
             return to(CD, reason=CloseReason.USER)
         return None
 
@@ -251,6 +254,7 @@ class LifecycleModel(RuleBasedStateMachine):
             self.entries_into_open += 1
         model.state, model.phase, model.attempts = expected.state, expected.phase, expected.attempts
         model.reason, model.reconnect = expected.reason, expected.reconnect
+        model.waits = expected.waits
 
     def call(self, event: str, uptime: float) -> list[Effect]:
         lc = self.lc
@@ -268,7 +272,7 @@ class LifecycleModel(RuleBasedStateMachine):
             if isinstance(effect, Dial):
                 assert effect == Dial(expected.attempts + 1, policy.connect_timeout)
             elif isinstance(effect, Backoff):
-                delay = policy.backoff(expected.backoff_failures, self.mirror)
+                delay = policy.backoff(expected.waits, self.mirror)
                 assert effect == Backoff(expected.attempts, delay)
             elif isinstance(effect, HangUp):
                 assert effect.graceful is (expected.state is CG)

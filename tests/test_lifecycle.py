@@ -30,7 +30,8 @@ from fsm import (
     RetryPolicy,
     SendEdit,
 )
-from fsm.lifecycle import EVENTS, _LifecycleMachine
+from fsm._machine import _LifecycleMachine
+from fsm.lifecycle import EVENTS
 
 
 def make(seed: int = 0, *, edit_limit: int = 10_000, **policy: float) -> ConnectionLifecycle:
@@ -440,7 +441,7 @@ def test_zero_jitter_backs_off_by_the_nominal_delays() -> None:
         delays.append(effect.delay)
         lc.retry()
     assert delays == lc.policy.delays()
-    assert delays == pytest.approx([0.5, 0.8, 1.28, 2.048, 3.2768])
+    assert delays == pytest.approx([1.0, 1.6, 2.56, 4.096, 6.5536])
 
 
 # -- dropped connections ------------------------------------------------------------------
@@ -481,6 +482,36 @@ def test_drop_after_min_uptime_resets_attempts(uptime: float) -> None:
     assert effects == [Backoff(attempt=0, delay=lc.policy.backoff(1, rng))]
     assert lc.phase is Phase.BACKING_OFF
     assert lc.attempts == 0
+
+
+def test_waits_after_a_long_lived_drop_keep_growing() -> None:
+    """After a drop past min_uptime the waits restart at the first delay and then grow."""
+    lc = make(max_attempts=6, jitter=0.0)
+    lc.connect()
+    lc.ready()
+    delays = [effect.delay for effect in lc.drop(uptime=60.0) if isinstance(effect, Backoff)]
+    for _ in range(3):
+        lc.retry()
+        (effect,) = lc.fail()
+        assert isinstance(effect, Backoff)
+        delays.append(effect.delay)
+    # The count of failed attempts restarted at 0, but no wait repeats the first one.
+    assert lc.attempts == 3
+    assert delays == lc.policy.delays()[:4]
+
+
+def test_a_new_cycle_restarts_the_waits() -> None:
+    """connect() from CLOSED backs off by the first delay again, whatever came before."""
+    lc = make(max_attempts=3, jitter=0.0)
+    lc.connect()
+    lc.fail()
+    lc.retry()
+    lc.fail()
+    lc.retry()
+    lc.fail()
+    assert lc.state is ConnState.CLOSED
+    lc.connect()
+    assert lc.fail() == [Backoff(attempt=1, delay=lc.policy.initial_delay)]
 
 
 def test_a_server_that_drops_at_once_forever_ends_in_gave_up() -> None:
@@ -920,6 +951,26 @@ def test_the_core_does_not_import_trio() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == ""
+
+
+def test_the_machine_class_is_built_on_the_first_event() -> None:
+    """import fsm leaves the engine's class and redaction unloaded until they are needed."""
+    code = (
+        "import sys\n"
+        "import fsm\n"
+        "lc = fsm.ConnectionLifecycle(log_transitions=False)\n"
+        "lc.edit('a', 'x')\n"
+        "print(sorted(m for m in ('fsm._machine', 'fsm._redact') if m in sys.modules))\n"
+        "lc.connect(); lc.fail(cause='token=abc refused')\n"
+        "print(sorted(m for m in ('fsm._machine', 'fsm._redact') if m in sys.modules))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    before, after = result.stdout.split("\n")[:2]
+    assert before == "[]"
+    assert after == "['fsm._machine']"
 
 
 def test_events_lists_every_declared_event_once() -> None:

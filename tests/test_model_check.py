@@ -53,7 +53,7 @@ from fsm import (
     RetryPolicy,
     SendEdit,
 )
-from fsm.lifecycle import _LifecycleMachine
+from fsm._machine import _LifecycleMachine
 
 #: The policies explored: a small one and the default (25 attempts).
 MAX_ATTEMPTS = (4, 25)

@@ -62,10 +62,10 @@ def policies(draw: st.DrawFn, max_attempts: st.SearchStrategy[int] | None = None
 
 
 def test_defaults_are_the_documented_ones() -> None:
-    """Defaults: 25 attempts, 0.5 s x1.6 up to 10 s, full jitter, 10 s per attempt, 5 s uptime."""
+    """Defaults: 25 attempts, 1 s x1.6 up to 10 s, full jitter, 10 s per attempt, 5 s uptime."""
     policy = RetryPolicy()
     assert policy.max_attempts == 25
-    assert policy.initial_delay == 0.5
+    assert policy.initial_delay == 1.0
     assert policy.multiplier == 1.6
     assert policy.max_delay == 10.0
     assert policy.jitter == 1.0
@@ -74,13 +74,13 @@ def test_defaults_are_the_documented_ones() -> None:
 
 
 def test_default_schedule_is_bounded() -> None:
-    """The default schedule has 24 waits from 0.5 s up to 10 s, at most about 3.4 minutes in all."""
+    """The default schedule has 24 waits from 1 s up to 10 s, at most about 3.5 minutes in all."""
     delays = RetryPolicy().delays()
     assert len(delays) == 24
-    assert delays[0] == 0.5
-    assert delays[1] == pytest.approx(0.8)
+    assert delays[0] == 1.0
+    assert delays[1] == pytest.approx(1.6)
     assert delays[-1] == 10.0
-    assert sum(delays) <= 3.4 * 60
+    assert sum(delays) <= 3.5 * 60
 
 
 def test_policy_is_frozen() -> None:

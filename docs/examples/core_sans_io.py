@@ -17,7 +17,7 @@ assert lc.state is ConnState.NOT_STARTED and lc.can_interact and lc.is_not_start
 assert lc.connect() == [Dial(attempt=1, timeout=10.0)]  # start attempt 1 within 10 s
 assert lc.state is ConnState.CONNECTING and lc.phase is Phase.DIALING and not lc.can_interact
 
-assert lc.fail("refused") == [Backoff(attempt=1, delay=0.5)]  # wait 0.5 s, then retry()
+assert lc.fail("refused") == [Backoff(attempt=1, delay=1.0)]  # wait 1 s, then retry()
 assert lc.retry() == [Dial(attempt=2, timeout=10.0)]
 
 [flush] = lc.ready()  # OPEN: the edits made so far go out in one batch

@@ -1,0 +1,175 @@
+"""Every lifecycle transition, declared in one python-statemachine class.
+
+This is the whole machine: its states, the events that move between them, the
+guards that choose among transitions sharing an event, and the actions that run on
+the way. ``fsm diagrams`` draws ``docs/img/lifecycle.svg`` and
+``diagrams/lifecycle.{mmd,dot,svg}`` from this class, and a test fails when they no
+longer match it. How the machine is driven (effects, the hot paths that bypass it)
+is explained in :mod:`fsm.lifecycle`, which imports this module when its first
+lifecycle receives its first event: building the class costs several milliseconds
+that ``import fsm`` need not pay.
+
+Callbacks read and write the owning :class:`~fsm.ConnectionLifecycle`; the effects
+they append are what the event method returns.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Final
+
+from statemachine import State, StateMachine
+
+from fsm._types import CloseReason
+from fsm.lifecycle import Backoff, Dial, Flush, HangUp
+
+if TYPE_CHECKING:
+    from fsm.lifecycle import ConnectionLifecycle
+
+__all__ = ["_LifecycleMachine"]
+
+# The reason CLOSED records, by the event that led there.
+_REASON_BY_EVENT: Final[dict[str, CloseReason]] = {
+    "fail": CloseReason.GAVE_UP,
+    "drop": CloseReason.GAVE_UP,
+    "reject": CloseReason.REJECTED,
+    "shutdown": CloseReason.SHUTDOWN,
+    "close": CloseReason.USER,
+    "close_finished": CloseReason.USER,
+}
+
+
+class _LifecycleMachine(StateMachine):
+    """The declarative lifecycle; callbacks read and write the owning ConnectionLifecycle."""
+
+    not_started = State("NOT_STARTED", value="NOT_STARTED", initial=True)
+
+    class connecting(State.Compound, name="CONNECTING"):
+        dialing = State("DIALING", value="DIALING", initial=True)
+        backing_off = State("BACKING_OFF", value="BACKING_OFF")
+
+    open = State("OPEN", value="OPEN")
+    closing = State("CLOSING", value="CLOSING")
+    closed = State("CLOSED", value="CLOSED")
+
+    # A user action: start lazily, or recover from CLOSED whatever the reason.
+    connect = (
+        not_started.to(connecting, cond="is_not_started")
+        | closed.to(connecting, on="start_new_cycle")
+        | closing.to.itself(internal=True, on="request_reconnect")  # type: ignore[no-untyped-call]
+        # No-ops on the leaves: an internal self-transition on the compound state
+        # re-enters its initial substate (SCXML), which would dial again.
+        | connecting.dialing.to.itself(internal=True)  # type: ignore[no-untyped-call]
+        | connecting.backing_off.to.itself(internal=True)  # type: ignore[no-untyped-call]
+        | open.to.itself(internal=True)  # type: ignore[no-untyped-call]
+    )
+    # The first use of a lazy connection starts it; later ones need nothing.
+    request = (
+        not_started.to(connecting, cond="is_not_started")
+        | connecting.dialing.to.itself(internal=True)  # type: ignore[no-untyped-call]
+        | connecting.backing_off.to.itself(internal=True)  # type: ignore[no-untyped-call]
+        | open.to.itself(internal=True, cond="can_interact")  # type: ignore[no-untyped-call]
+    )
+    # The server said it is ready: the edit buffer is flushed on this transition.
+    ready = connecting.dialing.to(open, on="flush_edits")
+    # Transitions sharing an event are tried in the order written here.
+    fail = connecting.dialing.to(
+        connecting.backing_off, cond="attempts_left", on="count_failure"
+    ) | connecting.dialing.to(closed, on="count_failure")
+    retry = connecting.backing_off.to(connecting.dialing)
+    drop = (
+        open.to(connecting.backing_off, cond="stayed_up", on="reset_attempts")
+        | open.to(connecting.backing_off, cond="attempts_left", on="count_failure")
+        | open.to(closed, on="count_failure")
+    )
+    reject = connecting.dialing.to(closed) | open.to(closed)
+    shutdown = connecting.dialing.to(closed) | open.to(closed)
+    close = (
+        not_started.to(closed)
+        | connecting.to(closed, on="abandon_attempt")
+        | open.to(closing, on="hang_up")
+        | closing.to.itself(internal=True, on="cancel_reconnect")  # type: ignore[no-untyped-call]
+        | closed.to.itself(internal=True)  # type: ignore[no-untyped-call]
+    )
+    close_finished = closing.to(connecting, cond="reconnect_requested", on="start_new_cycle") | (
+        closing.to(closed)
+    )
+
+    def __init__(self, owner: ConnectionLifecycle) -> None:
+        self._owner = owner
+        super().__init__()
+
+    # guards ---------------------------------------------------------------------
+
+    @property
+    def is_not_started(self) -> bool:
+        return self._owner.is_not_started
+
+    @property
+    def can_interact(self) -> bool:
+        return self._owner.can_interact
+
+    @property
+    def reconnect_requested(self) -> bool:
+        return self._owner._reconnect_after_close
+
+    def attempts_left(self) -> bool:
+        # Evaluated before count_failure runs: is this failure not yet the last allowed?
+        return self._owner._attempts + 1 < self._owner.policy.max_attempts
+
+    def stayed_up(self, uptime: float = 0.0) -> bool:
+        return uptime >= self._owner.policy.min_uptime
+
+    # actions --------------------------------------------------------------------
+
+    def start_new_cycle(self) -> None:
+        owner = self._owner
+        owner._attempts = 0
+        owner._waits = 0
+        owner._reconnect_after_close = False
+
+    def request_reconnect(self) -> None:
+        self._owner._reconnect_after_close = True
+
+    def cancel_reconnect(self) -> None:
+        self._owner._reconnect_after_close = False
+
+    def count_failure(self) -> None:
+        self._owner._attempts += 1
+
+    def reset_attempts(self) -> None:
+        owner = self._owner
+        owner._attempts = 0
+        owner._waits = 0
+
+    def flush_edits(self) -> None:
+        self._owner._effects.append(Flush(self._owner.buffer.take_flush()))
+
+    def abandon_attempt(self) -> None:
+        self._owner._effects.append(HangUp(graceful=False))
+
+    def hang_up(self) -> None:
+        self._owner._effects.append(HangUp(graceful=True))
+
+    def on_enter_dialing(self) -> None:
+        owner = self._owner
+        owner._effects.append(Dial(owner._attempts + 1, owner.policy.connect_timeout))
+
+    def on_enter_backing_off(self) -> None:
+        # The n-th wait since the cycle started, or since a connection that stayed up
+        # was lost, takes the n-th delay of the schedule: after such a drop the count of
+        # failed attempts restarts at 0 but the waits still grow, which spreads out a
+        # crowd of clients that all lost the same server.
+        owner = self._owner
+        owner._waits += 1
+        owner._delay = owner.policy.backoff(owner._waits, owner._rng)
+        owner._effects.append(Backoff(owner._attempts, owner._delay))
+
+    def on_exit_open(self) -> None:
+        # Whatever was in flight may be lost with the socket: the next flush resends it.
+        self._owner.buffer.requeue()
+
+    def on_enter_closed(self, event: str) -> None:
+        self._owner._close_reason = _REASON_BY_EVENT[event]
+
+    def on_exit_closed(self) -> None:
+        self._owner._close_reason = None
