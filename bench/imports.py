@@ -10,8 +10,9 @@ run first, so bytecode caches are warm: the processes run without
 ``PYTHONDONTWRITEBYTECODE``, so the warm-up writes ``__pycache__`` for fsm (and for any
 dependency installed without it), as ``pip install`` does. Otherwise fsm, run from a
 clone, would be compiled from source in every process while its dependencies load
-bytecode (with the variable set, that alone made fsm's own share four times larger). A final ``-X importtime`` run lists the modules
-``import fsm`` adds on top of its dependencies, by their own (self) time.
+bytecode (with the variable set, that alone made fsm's own share four times larger).
+A final ``-X importtime`` run lists the modules ``import fsm`` adds on top of its
+dependencies, by their own (self) time.
 """
 
 from __future__ import annotations

@@ -40,8 +40,7 @@ class FlushBatch(Value):
 
 
 class _Entry:
-    __match_args__ = ("code", "seq")
-    __slots__ = __match_args__
+    __slots__ = ("code", "seq")
 
     def __init__(self, code: str, seq: int | None) -> None:
         self.code = code
@@ -51,8 +50,7 @@ class _Entry:
 class EditBuffer:
     """Latest code per cell, kept until acknowledged; see the module docstring."""
 
-    __match_args__ = ("_entries", "_in_flight", "_next_seq", "limit")
-    __slots__ = __match_args__
+    __slots__ = ("_entries", "_in_flight", "_next_seq", "_retired", "limit")
 
     def __init__(self, limit: int = DEFAULT_EDIT_LIMIT) -> None:
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
@@ -61,6 +59,7 @@ class EditBuffer:
         # Updated in place, so a cell keeps the position of its first edit.
         self._entries: dict[str, _Entry] = {}
         self._in_flight: dict[int, set[str]] = {}
+        self._retired: set[int] = set()  # seqs in flight at the last requeue
         self._next_seq = 1
 
     def __len__(self) -> int:
@@ -137,9 +136,12 @@ class EditBuffer:
         return FlushBatch(seq, codes)
 
     def ack(self, seq: int) -> bool:
-        """Forget the edits acknowledged by ``seq``; False if ``seq`` is not awaiting an ack."""
+        """Forget the edits acknowledged by ``seq``; False if no ack for ``seq`` is expected."""
         cells = self._in_flight.pop(seq, None)
         if cells is None:
+            if seq in self._retired:
+                self._retired.discard(seq)
+                return True
             return False
         for cell_id in cells:
             del self._entries[cell_id]
@@ -149,6 +151,7 @@ class EditBuffer:
         """Turn every in-flight edit back into a pending one (the connection was lost)."""
         for entry in self._entries.values():
             entry.seq = None
+        self._retired = set(self._in_flight)
         self._in_flight.clear()
 
     @property

@@ -38,6 +38,15 @@ _REASON_BY_EVENT: Final[dict[str, CloseReason]] = {
 }
 
 
+class _EngineModel:
+    """Where the engine keeps its state value; it starts in NOT_STARTED."""
+
+    __slots__ = ("state",)
+
+    def __init__(self) -> None:
+        self.state: object = "NOT_STARTED"
+
+
 class _LifecycleMachine(StateMachine):
     """The declarative lifecycle; callbacks read and write the owning ConnectionLifecycle."""
 
@@ -96,7 +105,11 @@ class _LifecycleMachine(StateMachine):
 
     def __init__(self, owner: ConnectionLifecycle) -> None:
         self._owner = owner
-        super().__init__()
+        # A model whose state is already set is one python-statemachine resumes from
+        # (its documented way to restore a persisted machine): it skips activating the
+        # initial state, about a quarter of building an engine. NOT_STARTED has no entry
+        # action, so nothing is lost.
+        super().__init__(model=_EngineModel())
 
     # guards ---------------------------------------------------------------------
 

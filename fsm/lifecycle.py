@@ -174,8 +174,7 @@ class TransitionLogger:
     else) on the logger you pass.
     """
 
-    __match_args__ = ("_logger",)
-    __slots__ = __match_args__
+    __slots__ = ("_logger",)
 
     def __init__(self, logger: Any = None) -> None:
         self._logger = logger if logger is not None else structlog.get_logger("fsm")

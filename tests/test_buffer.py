@@ -192,17 +192,42 @@ def test_requeue_returns_in_flight_edits_to_pending() -> None:
     """requeue makes every in-flight edit unsent again, and the next flush carries it."""
     buffer = EditBuffer()
     buffer.put("a", "a1")
-    flush = buffer.take_flush()
-    sent = buffer.send("b", "b1")
+    buffer.take_flush()
+    buffer.send("b", "b1")
     buffer.requeue()
     assert buffer.in_flight_seqs == frozenset()
     assert buffer.unsent == {"a": "a1", "b": "b1"}
-    assert buffer.ack(flush.seq) is False
-    assert buffer.ack(sent) is False
     again = buffer.take_flush()
     assert again.codes == {"a": "a1", "b": "b1"}
     assert buffer.ack(again.seq) is True
     assert buffer.pending == {}
+
+
+def test_a_late_ack_for_a_requeued_seq_is_expected_and_forgets_nothing() -> None:
+    """An ack arriving after requeue (a link closing gracefully) is known once, and the
+    requeued edits stay pending: they go out again with the next flush."""
+    buffer = EditBuffer()
+    buffer.put("a", "a1")
+    flush = buffer.take_flush()
+    sent = buffer.send("b", "b1")
+    buffer.requeue()
+    assert buffer.ack(flush.seq) is True
+    assert buffer.ack(sent) is True
+    assert buffer.unsent == {"a": "a1", "b": "b1"}
+    assert buffer.ack(flush.seq) is False  # each seq is acked once
+
+
+def test_only_the_last_requeue_keeps_its_seqs_known() -> None:
+    """Seqs retired by an earlier requeue are unknown after the next one: no link
+    that could still ack them is left, and the record stays bounded."""
+    buffer = EditBuffer()
+    buffer.put("a", "a1")
+    first = buffer.take_flush()
+    buffer.requeue()
+    second = buffer.take_flush()
+    buffer.requeue()
+    assert buffer.ack(first.seq) is False
+    assert buffer.ack(second.seq) is True
 
 
 # -- the limit ----------------------------------------------------------------------------
