@@ -236,3 +236,43 @@ def test_import_does_not_configure_structlog() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith("ok")
+
+
+def test_a_lazy_logger_follows_structlog_configured_later() -> None:
+    """Without cache_logger_on_first_use, each line uses structlog's configuration of the
+    moment: a capture configured after the first transition sees the next one."""
+    lc = make()
+    lc.connect()  # the first line: the logger is settled here
+    with capture_logs() as logs:
+        lc.fail("refused")
+    assert [e["event"] for e in logs] == ["fail"]
+
+
+def test_a_cached_lazy_logger_is_kept_like_structlog_keeps_it() -> None:
+    """With cache_logger_on_first_use, the logger assembled for the first line is the one
+    every later line goes to, as with structlog's own proxy: filtering still applies."""
+    seen: list[dict[str, Any]] = []
+
+    def keep(_logger: Any, _name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+        seen.append(dict(event_dict))
+        raise structlog.DropEvent
+
+    structlog.configure(
+        processors=[keep],
+        wrapper_class=structlog.make_filtering_bound_logger(30),  # WARNING and above
+        cache_logger_on_first_use=True,
+    )
+    lc = make()
+    lc.connect()
+    lc.fail("refused")  # INFO: filtered
+    lc.retry()
+    lc.fail("refused again")  # the last allowed attempt failed: GAVE_UP is a warning
+    structlog.reset_defaults()  # a cached logger no longer reads the configuration
+    lc.connect()
+    lc.fail("refused")
+    lc.retry()
+    lc.fail("refused at last")
+    assert [(e["event"], e["reason"], e["cause"]) for e in seen] == [
+        ("fail", "GAVE_UP", "refused again"),
+        ("fail", "GAVE_UP", "refused at last"),
+    ]
