@@ -2,9 +2,12 @@
 
 Edits are compared with a dict update ``d[k] = v``; reads with a dict lookup ``d[k]``
 (stricter than comparing a read with an update). The Connector's OPEN edit goes through
-its real path (``ConnectionLifecycle.edit`` -> ``SendEdit`` -> ``Connector._apply`` ->
-the link's outbox channel); the outbox is drained by nothing while timed (it is emptied
-between batches), so no socket is involved.
+its real path: the edit is held in the buffer, and one marker is posted to the link's
+outbox channel unless one is already there (the writer then sends every held edit, one
+frame per cell, latest code). Two rows: the writer busy (a marker is already posted: the
+steady state while someone types faster than the link sends), and the writer free (each
+edit posts a marker: the most an edit costs). The outbox is drained by nothing while
+timed (it is emptied between batches), so no socket is involved.
 
 None of them may reach the engine: ``_LifecycleMachine.send``, ``__init__`` and the
 python-statemachine ``SyncEngine.processing_loop`` are wrapped with counters for the
@@ -84,9 +87,17 @@ def _measure(quick: bool) -> tuple[dict[str, list[float]], dict[str, int]]:
         "call_set": Case("s.edit(k, v)", g | {"s": DictStore()}),
         "lc_edit_new": Case("m.edit(k, v)", g | {"m": lc_new}),
         "lc_edit_open": Case("m.edit(k, v)", g | {"m": lc_open}),
+        "lc_edit_open_hold": Case("m.edit(k, v, hold=True)", g | {"m": lc_open}),
         "conn_edit_new": Case("m.edit(k, v)", g | {"m": conn_new}),
+        # The writer is busy (it has not taken the edits posted so far): an edit
+        # replaces the cell's code in the buffer, and nothing more is posted.
         "conn_edit_open": Case("m.edit(k, v)", g | {"m": conn_open, "drain": drain},
                                setup="drain()"),
+        # The writer took everything before each edit (it clears the flag when it
+        # does), so every edit posts one item to the outbox: the most an edit costs.
+        "conn_edit_open_free": Case("l.unsent_posted = False; m.edit(k, v)",
+                                    g | {"m": conn_open, "l": link, "drain": drain},
+                                    setup="drain()"),
         "lc_state": Case("m.state", g | {"m": lc_open}),
         "lc_can": Case("m.can_interact", g | {"m": lc_open}),
         "conn_state": Case("m.state", g | {"m": conn_open}),
@@ -134,8 +145,13 @@ def run(quick: bool) -> list[Row]:
     labels = {
         "lc_edit_new": ("ConnectionLifecycle.edit while NOT_STARTED", "dict_set"),
         "lc_edit_open": ("ConnectionLifecycle.edit while OPEN (returns SendEdit)", "dict_set"),
+        "lc_edit_open_hold": ("ConnectionLifecycle.edit(hold=True) while OPEN (for take_unsent)",
+                              "dict_set"),
         "conn_edit_new": ("Connector.edit while NOT_STARTED", "dict_set"),
-        "conn_edit_open": ("Connector.edit while OPEN (to the link's outbox)", "dict_set"),
+        "conn_edit_open": ("Connector.edit while OPEN, writer busy (held in the buffer)",
+                           "dict_set"),
+        "conn_edit_open_free": ("Connector.edit while OPEN, writer free (one outbox post)",
+                                "dict_set"),
         "lc_state": ("ConnectionLifecycle.state", "dict_get"),
         "lc_can": ("ConnectionLifecycle.can_interact", "dict_get"),
         "conn_state": ("Connector.state", "dict_get"),

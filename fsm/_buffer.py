@@ -4,8 +4,9 @@ Theory of operation. The buffer keeps one entry per cell, holding that cell's
 latest code and, once it has been sent, the sequence number it was sent with
 (``None`` while only pending). Cells keep the order of their first edit.
 
-- ``put`` (not OPEN) records the code as pending; ``send`` (OPEN) records it as in
-  flight under a fresh sequence number and returns that number.
+- ``put`` records the code as pending (not OPEN, or OPEN while the driver's writer is
+  busy); ``send`` (OPEN) records it as in flight under a fresh sequence number and
+  returns that number; ``send_unsent`` does that for every pending entry.
 - ``take_flush`` puts every pending entry in flight under one sequence number and
   returns the batch: this is what the transition into OPEN sends.
 - ``ack(seq)`` forgets exactly the entries still carrying ``seq``; an entry edited
@@ -120,6 +121,21 @@ class EditBuffer:
         seq = self._new_seq()
         self._record(cell_id, code, seq)
         return seq
+
+    def send_unsent(self) -> list[tuple[int, str, str]]:
+        """Put every pending edit in flight, each under its own new sequence number.
+
+        Returns ``(seq, cell_id, code)`` in cell order: what a driver that holds the
+        edits made while OPEN until its writer is free sends next.
+        """
+        sent = []
+        for cell_id, entry in self._entries.items():
+            if entry.seq is None:
+                seq = self._new_seq()
+                entry.seq = seq
+                self._in_flight[seq] = {cell_id}
+                sent.append((seq, cell_id, entry.code))
+        return sent
 
     def take_flush(self) -> FlushBatch:
         """Put every pending edit in flight under one new sequence number."""

@@ -387,12 +387,26 @@ class ConnectionLifecycle:
 
     # -- edits (frequent: never through the engine) ------------------------------------
 
-    def edit(self, cell_id: str, code: str) -> SendEdit | None:
-        """Record an edit; while OPEN, return the SendEdit the driver must send now."""
-        if self._state is _OPEN:
+    def edit(self, cell_id: str, code: str, *, hold: bool = False) -> SendEdit | None:
+        """Record an edit; while OPEN, return the SendEdit the driver must send now.
+
+        With ``hold=True`` an edit made while OPEN is kept unsent instead, until the
+        driver calls :meth:`take_unsent` (when its writer is free): edits to the same
+        cell meanwhile replace each other, and only the latest code goes out.
+        """
+        if self._state is _OPEN and not hold:
             return SendEdit(self.buffer.send(cell_id, code), cell_id, code)
         self.buffer.put(cell_id, code)
         return None
+
+    def take_unsent(self) -> list[SendEdit]:
+        """While OPEN: the edits not sent yet, each now in flight under its own seq.
+
+        Elsewhere nothing: the flush on entering OPEN carries them.
+        """
+        if self._state is not _OPEN:
+            return []
+        return [SendEdit(seq, cell_id, code) for seq, cell_id, code in self.buffer.send_unsent()]
 
     def ack(self, seq: int) -> bool:
         """The server acknowledged ``seq``; False if nothing was waiting on it."""

@@ -230,6 +230,20 @@ def test_only_the_last_requeue_keeps_its_seqs_known() -> None:
     assert buffer.ack(second.seq) is True
 
 
+def test_send_unsent_puts_each_pending_edit_in_flight_alone() -> None:
+    """send_unsent gives every pending cell its own new seq; in-flight cells are left alone."""
+    buffer = EditBuffer()
+    in_flight = buffer.send("a", "a1")
+    buffer.put("b", "b1")
+    buffer.put("c", "c1")
+    sent = buffer.send_unsent()
+    assert [(cell, code) for _, cell, code in sent] == [("b", "b1"), ("c", "c1")]
+    assert [seq for seq, _, _ in sent] == [in_flight + 1, in_flight + 2]
+    assert buffer.unsent == {}
+    assert buffer.send_unsent() == []
+    assert buffer.ack(sent[0][0]) and buffer.pending == {"a": "a1", "c": "c1"}
+
+
 # -- the limit ----------------------------------------------------------------------------
 
 

@@ -333,6 +333,40 @@ async def test_tcp_reset_1006_reconnects() -> None:
             assert server.connections_opened == 2
 
 
+async def test_edits_made_before_the_writer_runs_go_out_once_per_cell() -> None:
+    """While OPEN, edits the writer has not reached yet coalesce: one frame per cell, latest."""
+    with trio.fail_after(LIMIT):
+        async with serving() as server, connector(server) as conn:
+            await conn.connect()
+            await conn.wait_acked()
+            for i in range(100):  # no checkpoint: the writer cannot run in between
+                conn.edit("a", f"a = {i}")
+                conn.edit("b", f"b = {i}")
+            assert conn.pending_edits == {"a": "a = 99", "b": "b = 99"}
+            await conn.wait_acked()
+            edits = [f.data for _, f in server.received if f.op == "edit"]
+            assert [(e["cell_id"], e["code"]) for e in edits] == [("a", "a = 99"), ("b", "b = 99")]
+            assert edits[0]["seq"] < edits[1]["seq"]
+            assert server.cells == {"a": "a = 99", "b": "b = 99"}
+            # Once the writer is free again, the next edit goes out on its own.
+            conn.edit("a", "a = 100")
+            await conn.wait_acked()
+            assert [f.data["code"] for _, f in server.received if f.op == "edit"][-1] == "a = 100"
+
+
+async def test_an_edit_made_before_a_request_reaches_the_server_before_it() -> None:
+    """A request sent after an edit (while OPEN) arrives after that edit's frame."""
+    with trio.fail_after(LIMIT):
+        async with serving() as server, connector(server) as conn:
+            await conn.connect()
+            conn.edit("a", "x = 1")
+            await conn.request("run", {"cell_id": "a"})
+            ops = [f.op for _, f in server.received]
+            assert ops.index("edit") < ops.index("run")
+            await conn.wait_acked()
+            assert server.cells == {"a": "x = 1"}
+
+
 async def test_malformed_frames_are_logged_and_survived() -> None:
     """Malformed server frames are logged as bad_frame; the connection survives, loses nothing."""
     samples = malformed_frames()

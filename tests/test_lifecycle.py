@@ -804,6 +804,34 @@ def test_ack_of_a_superseded_edit_keeps_the_newer_one() -> None:
     assert lc.pending_edits == {}
 
 
+def test_held_edits_while_open_coalesce_until_taken() -> None:
+    """edit(hold=True) while OPEN keeps the edit unsent; take_unsent sends each cell's
+    latest code once, under its own seq, in cell order."""
+    lc = open_()
+    assert lc.edit("b", "b = 1", hold=True) is None
+    assert lc.edit("a", "a = 1", hold=True) is None
+    assert lc.edit("b", "b = 2", hold=True) is None
+    first, second = lc.take_unsent()
+    assert (first.cell_id, first.code, second.cell_id, second.code) == ("b", "b = 2", "a", "a = 1")
+    assert second.seq == first.seq + 1
+    assert lc.take_unsent() == []
+    assert lc.ack(first.seq) and lc.ack(second.seq)
+    assert lc.pending_edits == {}
+
+
+def test_held_edits_are_flushed_when_the_link_drops_first() -> None:
+    """An edit held while OPEN and never taken goes out with the flush after a reconnect."""
+    lc = make()
+    lc.connect()
+    lc.ready()
+    lc.edit("a", "a = 1", hold=True)
+    lc.drop(uptime=60.0)
+    assert lc.take_unsent() == []  # not OPEN: nothing to send now
+    lc.retry()
+    (flush,) = lc.ready()
+    assert isinstance(flush, Flush) and flush.batch.codes == {"a": "a = 1"}
+
+
 def test_ack_of_an_unknown_seq_returns_false() -> None:
     """ack of a seq nothing is waiting on returns False and changes nothing."""
     lc = open_()
