@@ -17,7 +17,10 @@ the two kinds; medians over repeats, ratios paired run by run. A separate pass u
 :mod:`tracemalloc` (connect and flush only) measures the Python heap per open
 connection; it includes the server's side of each connection, which is the same for
 both kinds, so the difference is the connector's own cost. The ``unknown_ack`` warnings
-the connectors logged are counted too (acks of edits superseded before their ack came).
+the connectors logged are counted too (acks of edits superseded before their ack came),
+and so are the edit frames the server received: the connector holds the edits its writer
+has not reached yet and sends each cell's latest code once, so it may send fewer frames
+than the bare clients, which send one per edit.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ class Run:
     memory: float | None = None
     dials: int = 0
     unknown_acks: int = 0
+    edit_frames: int = 0
     errors: list[str] = field(default_factory=list)
 
 
@@ -178,6 +182,7 @@ async def _one_run(client: Client, n: int, *, trace_memory: bool) -> Run:
                 with trio.fail_after(300):
                     await ph.edited.done.wait()
                 run.edits_s = time.perf_counter() - start
+                run.edit_frames = server.frames_received["edit"]
             ph.release_all()
         await server.shutdown()
     run.dials = sum(s["dials"] for s in stats)
@@ -217,6 +222,8 @@ def run(quick: bool) -> list[Row]:
     bare = "bare trio-websocket"
     extra_dials = sum(r.dials for r in c) - n * len(c)
     unknown = median([float(r.unknown_acks) for r in c])
+    frames_c = median([float(r.edit_frames) for r in c])
+    frames_b = median([float(r.edit_frames) for r in b])
     rows = [
         Row("4", f"time until {n} connectors are OPEN{note_n}", open_c, "s",
             baseline=f"{bare} until kernel-ready", ratio=open_ratio, target="<= 1.2x",
@@ -229,7 +236,9 @@ def run(quick: bool) -> list[Row]:
         Row("4", f"edits/s while OPEN: {n} x {M_EDITS} edits, all acked", n * M_EDITS / edits_c,
             "/s", baseline=f"{bare} edit frames",
             ratio=median([y.edits_s / x.edits_s for x, y in zip(c, b, strict=True)]),
-            note=f"unknown_ack warnings per run: {unknown:.0f}"),
+            note=f"edit frames per run: {frames_c:.0f} vs {frames_b:.0f} (the connector sends "
+            f"each cell's latest code once its writer is free); unknown_ack warnings per run: "
+            f"{unknown:.0f}"),
         Row("4", "Python heap per open connection, client + server side", memory["connector"],
             "B", baseline=f"{bare} (+ server side)", ratio=memory["connector"] / memory["bare"]),
         Row("4", "  of which the connector adds over a bare WebSocket",
