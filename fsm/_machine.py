@@ -2,12 +2,12 @@
 
 This is the whole machine: its states, the events that move between them, the
 guards that choose among transitions sharing an event, and the actions that run on
-the way. ``fsm diagrams`` draws ``docs/img/lifecycle.svg`` and
-``diagrams/lifecycle.{mmd,dot,svg}`` from this class, and a test fails when they no
-longer match it. How the machine is driven (effects, the hot paths that bypass it)
-is explained in :mod:`fsm.lifecycle`, which imports this module when its first
-lifecycle receives its first event: building the class costs several milliseconds
-that ``import fsm`` need not pay.
+the way. ``fsm diagrams`` draws ``diagrams/lifecycle.{mmd,dot,svg}`` from this class
+(the docs publish them), and a test fails when they no longer match it.
+
+How the machine is driven (effects, and the hot paths that bypass it) is explained in
+:mod:`fsm.lifecycle`, which imports this module when a lifecycle receives its first
+event: building the class costs several milliseconds that ``import fsm`` need not pay.
 
 Callbacks read and write the owning :class:`~fsm.ConnectionLifecycle`; the effects
 they append are what the event method returns.
