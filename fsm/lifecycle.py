@@ -239,6 +239,9 @@ class TransitionLogger:
 
 
 _log = structlog.get_logger("fsm")
+# Frozen, so one instance serves every lifecycle built without a policy (validating a
+# new one costs tens of microseconds per connection).
+_DEFAULT_POLICY: Final = RetryPolicy()
 
 
 class ConnectionLifecycle:
@@ -273,7 +276,7 @@ class ConnectionLifecycle:
             import random  # here, not at import: ``import fsm`` need not load it
 
             rng = random.Random()
-        self.policy = policy if policy is not None else RetryPolicy()
+        self.policy = policy if policy is not None else _DEFAULT_POLICY
         self._rng = rng
         self.buffer = EditBuffer(edit_limit)
         self.observers: list[Callable[[Transition], None]] = list(observers or ())

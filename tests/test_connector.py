@@ -360,7 +360,8 @@ async def test_an_edit_made_before_a_request_reaches_the_server_before_it() -> N
         async with serving() as server, connector(server) as conn:
             await conn.connect()
             conn.edit("a", "x = 1")
-            await conn.request("run", {"cell_id": "a"})
+            await conn.request("run", {"cell_id": "a"})  # returns once the frame is sent
+            await server.wait_until(lambda s: any(f.op == "run" for _, f in s.received))
             ops = [f.op for _, f in server.received]
             assert ops.index("edit") < ops.index("run")
             await conn.wait_acked()
