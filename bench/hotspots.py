@@ -3,6 +3,7 @@
     python bench/hotspots.py event    # one lifecycle event vs the raw engine (section 1)
     python bench/hotspots.py build    # building the engine (the first event's cost)
     python bench/hotspots.py open     # N connectors vs N bare WebSockets until OPEN (section 4)
+    python bench/hotspots.py open --gc-off   # the same without garbage-collector pauses
 
 Profiling inflates call-heavy code more than the rest, so read the shares, not the
 absolute times. Used for the analysis in docs/benchmarks.md.
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import collections
 import cProfile
+import gc
 import pstats
 import random
 import time
@@ -153,8 +155,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("what", choices=["event", "build", "open"])
     parser.add_argument("-n", type=int, default=0, help="iterations / connections")
+    parser.add_argument("--gc-off", action="store_true",
+                        help="disable the garbage collector, so that its pauses are not "
+                        "charged to whatever function runs when one starts")
     args = parser.parse_args()
     quiet_structlog()
+    if args.gc_off:
+        gc.disable()
     if args.what == "event":
         profile_event(args.n or 1000)
     elif args.what == "build":
