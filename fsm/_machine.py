@@ -135,10 +135,8 @@ class _LifecycleMachine(StateMachine):
     # actions --------------------------------------------------------------------
 
     def start_new_cycle(self) -> None:
-        owner = self._owner
-        owner._attempts = 0
-        owner._waits = 0
-        owner._reconnect_after_close = False
+        self.reset_attempts()
+        self._owner._reconnect_after_close = False
 
     def request_reconnect(self) -> None:
         self._owner._reconnect_after_close = True

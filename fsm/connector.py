@@ -16,8 +16,9 @@ carries them out:
   the lifecycle abandoned it first. Unexpected exceptions are caught, logged and
   reported like any other loss, so CONNECTING is never left without an attempt.
 - ``Backoff`` starts a timer task that reports ``retry``.
-- ``Flush``, ``SendEdit`` and requests go, in order, through the link's outbox to
-  its sender task. Edits never block: the buffer keeps them until acknowledged.
+- ``Flush`` and requests go, in order, through the link's outbox to its sender task.
+  Edits never block: the buffer keeps them until acknowledged, and while OPEN one
+  marker in the outbox has the sender take every edit not sent yet (``take_unsent``).
 - ``HangUp`` closes gracefully (the link's deadline becomes ``close_timeout``) or
   abandons the attempt or timer in flight.
 
@@ -59,7 +60,6 @@ from fsm.lifecycle import (
     Effect,
     Flush,
     HangUp,
-    SendEdit,
 )
 from fsm.protocols import (
     AttemptFailed,
@@ -103,7 +103,7 @@ _CLOSE = _CloseCommand()
 # Posted once for any number of edits made while OPEN: the sender takes them all from
 # the buffer when it gets there, so a cell typed into meanwhile goes out once, latest.
 _SEND_UNSENT = _SendUnsent()
-_Outgoing = Flush | SendEdit | _Request | _CloseCommand | _SendUnsent
+_Outgoing = Flush | _Request | _CloseCommand | _SendUnsent
 
 
 class Link:
@@ -405,7 +405,7 @@ class Connector:
                 self._dial(effect)
             elif isinstance(effect, Backoff):
                 self._start_timer(effect.delay)
-            elif isinstance(effect, (Flush, SendEdit)):
+            elif isinstance(effect, Flush):
                 if self._link is not None:
                     self._link.post(effect)
             elif isinstance(effect, HangUp):
@@ -675,8 +675,6 @@ class Connector:
                     link.unsent_posted = False  # edits made during the sends post anew
                     for edit in self._lc.take_unsent():
                         await self.protocol.send_edit(link, edit)
-                elif isinstance(item, SendEdit):
-                    await self.protocol.send_edit(link, item)
                 elif isinstance(item, _Request):
                     answered = False
                     try:
