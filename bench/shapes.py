@@ -1,7 +1,7 @@
 """The lifecycle's shape, built four ways, for comparing what one transition costs.
 
 Each has the same states (CONNECTING compound where the library allows it), the same
-events, guards and transition actions as ``fsm.lifecycle._LifecycleMachine``, and no
+events, guards and transition actions as ``fsm._machine._LifecycleMachine``, and no
 wrapper: no effects, no observers, no transition records, no logging, no enter/exit
 hooks. The guards and actions only touch an attempt counter, so what differs from the
 real lifecycle is exactly what ``ConnectionLifecycle`` adds on top of its engine.
@@ -23,7 +23,7 @@ MIN_UPTIME = 5.0
 class RawMachine(StateMachine):  # type: ignore[misc]
     """``_LifecycleMachine``'s states, compound state, transitions, guards and actions.
 
-    Keep in step with fsm/lifecycle.py: the transition benchmark reports (as a row)
+    Keep in step with fsm/_machine.py: the transition benchmark reports (as a row)
     whether the declared transitions still match, compared by ``shape_mismatch()``.
     """
 
