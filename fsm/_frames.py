@@ -17,11 +17,18 @@ MAX_FRAME_SIZE = 1 << 20
 
 
 class BadFrame(ValueError):
-    """A frame that does not follow the protocol; ``reason`` says why, briefly."""
+    """A frame that does not follow the protocol; ``reason`` says why, briefly.
 
-    def __init__(self, reason: str) -> None:
+    ``close_code`` is the WebSocket close code a receiver that will not take the frame
+    closes with (DESIGN.md section 6): 1003 binary, 1007 not JSON or not a JSON object,
+    1009 over the size limit; ``None`` for an object that is merely not a well-formed frame
+    (no ``op``), which a receiver may log and skip.
+    """
+
+    def __init__(self, reason: str, close_code: int | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.close_code = close_code
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,15 +47,17 @@ def encode_frame(op: str, data: Any) -> str:
 def decode_frame(message: str | bytes, *, max_size: int = MAX_FRAME_SIZE) -> Frame:
     """Decode one WebSocket message, raising :class:`BadFrame` when it is not a frame."""
     if isinstance(message, bytes | bytearray):
-        raise BadFrame("binary frame")
+        raise BadFrame("binary frame", 1003)
     if len(message) > max_size:
-        raise BadFrame(f"frame of {len(message)} characters exceeds the limit of {max_size}")
+        raise BadFrame(
+            f"frame of {len(message)} characters exceeds the limit of {max_size}", 1009
+        )
     try:
         obj = json.loads(message)
     except (ValueError, RecursionError) as exc:
-        raise BadFrame(f"not JSON: {exc.__class__.__name__}") from None
+        raise BadFrame(f"not JSON: {exc.__class__.__name__}", 1007) from None
     if not isinstance(obj, dict):
-        raise BadFrame(f"JSON {type(obj).__name__}, not an object")
+        raise BadFrame(f"JSON {type(obj).__name__}, not an object", 1007)
     op = obj.get("op")
     if not isinstance(op, str) or not op:
         raise BadFrame("missing or non-string 'op'")

@@ -7,18 +7,31 @@ It is used by the test-suite, by demos, and by ``fsm serve --port P`` (see :func
 Protocol (server side), JSON text frames ``{"op": str, "data": object}`` over one WebSocket
 at ``ws://HOST:PORT/ws?session_id=ID``:
 
-* after the handshake the server sends first
-  ``{"op": "kernel-ready", "data": {"session_id": ID, "cell_ids": [...], "codes": [...]}}``;
-* ``instantiate`` (``{"seq": N, "codes": {cell_id: code}, "auto_run": true}``) and ``edit``
-  (``{"seq": N, "cell_id": ..., "code": ...}``) are applied last-writer-wins per cell to
-  :attr:`KernelServer.cells` and answered with ``{"op": "ack", "data": {"seq": N}}``;
+* after the handshake the server sends first ``{"op": "kernel-ready", "data": {"session_id":
+  ID, "cell_ids": [...], "codes": [...], "seq": N, "max_frame_size": M}}``, where ``seq`` is
+  the highest seq received for this session (0 if none) and ``max_frame_size`` the largest
+  client frame it takes (:data:`~fsm._frames.MAX_FRAME_SIZE` unless configured);
+* **one writer per session, fenced** (protocol v2): accepting a connection for a session
+  first stops applying frames from every older connection of that session, then sends
+  ``kernel-ready``; the older ones are closed with 1008, reason ``replaced``;
+* ``instantiate`` (``{"seq": N, "codes": {cell_id: code}, "auto_run": true}``, merging: cells
+  absent keep their code) and ``edit`` (``{"seq": N, "cell_id": ..., "code": ...}``) update
+  :attr:`KernelServer.cells` **by seq**: per session and cell the server keeps the seq of the
+  code it holds and applies a cell's code only from a frame with a greater seq; every such
+  frame is answered with ``{"op": "ack", "data": {"seq": N}}``, applied or not;
 * every other op goes to the *handler* (see :data:`Handler`); the default one,
   :func:`default_handler`, answers ``run`` (``{"cell_id": ...}``) with a ``cell-op`` frame
   ``{"cell_id": ..., "output": {"mimetype": "text/plain", "data": CODE}}`` that echoes the
   cell's current code (``"output": null, "error": "unknown cell"`` for a cell it does not
   know), and logs any other op as ``unknown_op``;
-* a frame that does not decode (or an ``instantiate``/``edit`` whose data is malformed) is
+* frames it will not take close the connection: 1003 for a binary frame, 1007 for text that
+  is not JSON or not a JSON object, 1009 for a frame over ``max_frame_size`` (in UTF-8 bytes);
+  an object without an ``op``, or an ``instantiate``/``edit`` whose data is malformed, is
   logged once as ``bad_frame`` and the connection is kept.
+
+:meth:`KernelServer.lose_state` simulates a restart that lost everything (cells back to the
+initial ones, every session's seqs forgotten, every connection reset), so a client's
+full-document resend can be tested end to end.
 
 Plain HTTP on the same port: ``GET /health`` answers 200 ``{"status":"healthy"}`` (no token
 needed, like marimo); any other non-upgrade request gets 404 (426 on ``/ws``). An upgrade
@@ -74,6 +87,7 @@ __all__ = [
     "Handler",
     "KernelServer",
     "Session",
+    "SessionState",
     "default_handler",
     "main",
     "malformed_frames",
@@ -188,6 +202,8 @@ class _Conn:
     raw: trio.abc.Stream
     faults: Faults
     planned: bool
+    #: TCP accept order: of two connections of one session, the later accepted is newer.
+    order: int = 0
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     session_id: str | None = None
     ws: WebSocketConnection | None = None
@@ -197,6 +213,25 @@ class _Conn:
     #: Wraps only the idle wait in get_message(), so a close request never interrupts a send.
     recv_scope: trio.CancelScope | None = None
     frames: int = 0
+    #: Set when a newer connection for the same session was accepted: nothing this one
+    #: carries is applied any more (protocol v2's one writer per session).
+    fenced: bool = False
+
+
+@dataclass(eq=False)
+class SessionState:
+    """What the server remembers of one session across its connections (protocol v2)."""
+
+    #: The highest seq received from the session's writer (0 if none); sent in kernel-ready.
+    seq: int = 0
+    #: Per cell, the seq of the frame whose code the server holds for this session.
+    cell_seqs: dict[str, int] = field(default_factory=dict)
+    #: The accept order of the session's writer (the newest connection accepted for it).
+    writer: int = 0
+    #: Frames that arrived on a fenced connection and were not applied.
+    fenced_frames: int = 0
+    #: Cell codes not applied because the frame's seq was not above the one held.
+    stale_codes: int = 0
 
 
 class Session:
@@ -362,7 +397,14 @@ class KernelServer:
       ``received``: ``(session_id, Frame)`` for every well-formed client frame, in order;
     * ``acks_sent``: the ``seq`` of every ack sent, in order;
     * ``sessions_seen``: session ids of accepted WebSockets;
-    * ``rejections``: HTTP statuses of every refused upgrade request, in order.
+    * ``sessions``: :class:`SessionState` by session id (seqs, fenced and stale counts);
+    * ``rejections``: HTTP statuses of every refused upgrade request, in order;
+    * ``client_close_codes``: the code of every close the server started because of what a
+      client sent (1003, 1007, 1009), in order.
+
+    ``cells`` is the kernel's one document, shared by every session; seqs order the writes of
+    one session (one writer per session). ``max_frame_size`` (UTF-8 bytes) is announced in
+    ``kernel-ready`` and enforced with 1009.
     """
 
     def __init__(
@@ -374,8 +416,15 @@ class KernelServer:
         faults: Faults | None = None,
         close_timeout: float = 2.0,
         handshake_timeout: float = 10.0,
+        max_frame_size: int = MAX_FRAME_SIZE,
     ) -> None:
-        self.cells: dict[str, str] = dict(cells or {})
+        if isinstance(max_frame_size, bool) or not isinstance(max_frame_size, int) or (
+            max_frame_size < 64
+        ):
+            raise ValueError(f"max_frame_size must be an integer >= 64, got {max_frame_size!r}")
+        self.max_frame_size = max_frame_size
+        self._initial_cells: dict[str, str] = dict(cells or {})
+        self.cells: dict[str, str] = dict(self._initial_cells)
         self._token = token
         self.handler: Handler = handler or default_handler
         self.faults = faults if faults is not None else Faults()
@@ -395,7 +444,9 @@ class KernelServer:
         self.received: list[tuple[str, Frame]] = []
         self.acks_sent: list[int] = []
         self.sessions_seen: set[str] = set()
+        self.sessions: dict[str, SessionState] = {}
         self.rejections: list[int] = []
+        self.client_close_codes: list[int] = []
 
         self._conns: set[_Conn] = set()
         self._changed = trio.Event()
@@ -405,6 +456,7 @@ class KernelServer:
         self._stopping = False
         self._stopped = trio.Event()
         self._anonymous = 0
+        self._accepted = 0
 
     # ------------------------------------------------------------------ observation
 
@@ -538,6 +590,40 @@ class KernelServer:
             conn.scope.cancel()
         await self.wait_until(lambda s: not any(c in s._conns for c in targets))
 
+    async def lose_state(self) -> None:
+        """Simulate a restart that lost its state: reset every connection, forget every
+        session's seqs and put :attr:`cells` back to the cells the server was built with.
+
+        The server keeps listening, so clients reconnect at once and meet a server whose
+        ``kernel-ready`` seq is 0: below what they saw acknowledged.
+        """
+        log.info("state_lost", sessions=len(self.sessions))
+        self.sessions.clear()
+        self.cells = dict(self._initial_cells)
+        self._notify()
+        await self.drop_all()
+
+    def _fence(self, conn: _Conn) -> None:
+        """Make ``conn`` the session's only writer: older connections stop being applied.
+
+        "Older" is by TCP accept order, so a handshake that was held up on the way and
+        completes after a newer connection's is itself the one fenced (at once).
+        """
+        assert conn.session_id is not None
+        state = self.sessions.setdefault(conn.session_id, SessionState())
+        if conn.order < state.writer:
+            self._fence_one(conn)
+            return
+        state.writer = conn.order
+        for other in self._conns:
+            if other is not conn and other.session_id == conn.session_id and not other.fenced:
+                self._fence_one(other)
+
+    def _fence_one(self, conn: _Conn) -> None:
+        conn.fenced = True
+        log.info("connection_fenced", session_id=conn.session_id)
+        self._request_close(conn, 1008, "replaced")
+
     def _request_close(self, conn: _Conn, code: int, reason: str) -> None:
         if conn.close_request is None:
             conn.close_request = (code, reason)
@@ -558,7 +644,8 @@ class KernelServer:
     async def _handle_tcp(self, raw: trio.abc.Stream) -> None:
         planned = bool(self.fault_plan)
         faults = self.fault_plan.popleft() if planned else self.faults._snapshot()
-        conn = _Conn(raw=raw, faults=faults, planned=planned)
+        self._accepted += 1
+        conn = _Conn(raw=raw, faults=faults, planned=planned, order=self._accepted)
         self._conns.add(conn)
         self._notify()
         try:
@@ -615,11 +702,17 @@ class KernelServer:
             with trio.move_on_after(self.handshake_timeout):
                 # We validated the request ourselves, so wsproto yields it at once; the
                 # time-out only guards against a wsproto refusal we failed to foresee.
-                ws_request = await wrap_server_stream(nursery, stream)
+                # trio-websocket counts characters; _dispatch checks the UTF-8 size itself.
+                ws_request = await wrap_server_stream(
+                    nursery, stream, max_message_size=self.max_frame_size
+                )
             if ws_request is None:
                 log.warning("handshake_timeout", session_id=session_id)
             elif status is None:
                 ws = await ws_request.accept()
+                # Fenced before anything else happens on the new connection, so no frame of
+                # an older one can be applied once the new writer has been told the seq.
+                self._fence(conn)
                 conn.ws = ws
                 self.connections_opened += 1
                 self.sessions_seen.add(session_id)
@@ -709,16 +802,21 @@ class KernelServer:
         faults = conn.faults
         session = Session(self, conn, ws)
         try:
-            if not faults.skip_kernel_ready:
+            if conn.fenced:
+                pass  # a newer connection of this session was accepted first: close at once
+            elif not faults.skip_kernel_ready:
+                state = self.sessions.get(session.session_id)
                 ready = {
                     "session_id": session.session_id,
                     "cell_ids": list(self.cells),
                     "codes": list(self.cells.values()),
+                    "seq": state.seq if state is not None else 0,
+                    "max_frame_size": self.max_frame_size,
                 }
                 await ws.send_message(encode_frame("kernel-ready", ready))
             else:
                 log.info("fault_injected", fault="skip_kernel_ready", session_id=session.session_id)
-            for bad in faults.bad_frames:
+            for bad in faults.bad_frames if not conn.fenced else ():
                 await ws.send_message(bad)
             if faults.close_after_frames == 0:
                 self._request_close(conn, faults.close_code, faults.close_reason)
@@ -743,7 +841,11 @@ class KernelServer:
                     )
                     self._request_close(conn, faults.close_code, faults.close_reason)
         except ConnectionClosed:
-            pass  # the client closed or vanished; reported below
+            pass  # the client closed or vanished (or trio-websocket closed 1009); reported below
+        closed = ws.closed
+        if closed is not None and closed.code == 1009 and conn.close_request is None:
+            # trio-websocket refused an oversized message itself, before _dispatch saw it.
+            self._refused(conn, 1009, "frame too large")
         if conn.close_request is not None and ws.closed is None:
             code, reason = conn.close_request
             with trio.move_on_after(self.close_timeout):
@@ -765,11 +867,39 @@ class KernelServer:
                 by="client",
             )
 
+    def _refused(self, conn: _Conn, code: int, reason: str) -> None:
+        """Close ``conn`` for a frame the server will not take (1003, 1007, 1009)."""
+        self.client_close_codes.append(code)
+        self.bad_frames_received += 1
+        log.warning("frame_refused", session_id=conn.session_id, code=code, reason=reason)
+        self._request_close(conn, code, reason)
+
     async def _dispatch(self, session: Session, message: str | bytes, *, ack: bool) -> None:
+        conn = session._conn
+        if conn.fenced:
+            # A newer connection of this session was accepted: this one is no longer the
+            # writer, and a late frame must never overwrite what the newer one sent.
+            state = self.sessions.get(session.session_id)
+            if state is not None:
+                state.fenced_frames += 1
+            log.info("fenced_frame_ignored", session_id=session.session_id)
+            self._notify()
+            return
+        if isinstance(message, bytes | bytearray):
+            self._refused(conn, 1003, "binary frames are not accepted")
+            return
+        if len(message) > self.max_frame_size // 4 and (
+            len(message.encode("utf-8", "surrogatepass")) > self.max_frame_size
+        ):
+            self._refused(conn, 1009, "frame too large")
+            return
         try:
-            frame = decode_frame(message)
+            frame = decode_frame(message, max_size=self.max_frame_size)
             update = _parse_update(frame) if frame.op in ("instantiate", "edit") else None
         except BadFrame as exc:
+            if exc.close_code is not None:
+                self._refused(conn, exc.close_code, exc.reason[:100])
+                return
             self.bad_frames_received += 1
             log.warning("bad_frame", session_id=session.session_id, reason=exc.reason)
             self._notify()
@@ -779,7 +909,17 @@ class KernelServer:
         self._notify()
         if update is not None:
             seq, codes = update
-            self.cells.update(codes)  # last writer wins; new cells append in the sent order
+            state = self.sessions.setdefault(session.session_id, SessionState())
+            state.seq = max(state.seq, seq)
+            held = state.cell_seqs
+            for cell_id, code in codes.items():
+                if seq > held.get(cell_id, 0):
+                    held[cell_id] = seq
+                    self.cells[cell_id] = code  # new cells append in the sent order
+                else:
+                    state.stale_codes += 1
+                    log.info("stale_code_ignored", session_id=session.session_id,
+                             cell_id=cell_id, seq=seq, held=held[cell_id])
             self._notify()
             if ack:
                 await session.send("ack", {"seq": seq})

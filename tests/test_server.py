@@ -7,6 +7,7 @@ the short client time-outs that prove something does *not* happen.
 
 from __future__ import annotations
 
+import contextlib
 import urllib.parse
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -22,7 +23,7 @@ from trio_websocket import (
     wrap_client_stream,
 )
 
-from fsm._frames import Frame, decode_frame, encode_frame
+from fsm._frames import MAX_FRAME_SIZE, Frame, decode_frame, encode_frame
 from fsm.server import Faults, KernelServer, Session, malformed_frames
 
 #: Upper bound for any single test; everything here normally finishes in milliseconds.
@@ -126,14 +127,20 @@ def upgrade_request(path: str = "/ws?session_id=raw") -> bytes:
 
 
 async def test_kernel_ready_is_first_frame() -> None:
-    """The first frame is kernel-ready with the session id and the cells in order."""
+    """The first frame is kernel-ready: session id, cells in order, seq 0, the frame limit."""
     with trio.fail_after(LIMIT):
         async with running(cells={"a": "1", "b": "2"}) as srv:
             async with connect(srv.url_for("s1")) as ws:
                 frame = await recv(ws)
                 assert frame == Frame(
                     "kernel-ready",
-                    {"session_id": "s1", "cell_ids": ["a", "b"], "codes": ["1", "2"]},
+                    {
+                        "session_id": "s1",
+                        "cell_ids": ["a", "b"],
+                        "codes": ["1", "2"],
+                        "seq": 0,
+                        "max_frame_size": MAX_FRAME_SIZE,
+                    },
                 )
                 assert srv.connections_opened == 1
                 assert srv.open_connections == 1
@@ -156,8 +163,9 @@ async def test_instantiate_is_acked_and_applied() -> None:
             assert srv.frames_received["instantiate"] == 1
 
 
-async def test_edit_is_acked_and_last_writer_wins() -> None:
-    """Edits are acked, the last write to a cell wins, and a new connection sees the result."""
+async def test_edit_is_acked_and_a_newer_seq_wins() -> None:
+    """Edits are acked, a frame with a newer seq replaces a cell's code, a new
+    connection sees the result, and kernel-ready then carries the session's highest seq."""
     with trio.fail_after(LIMIT):
         async with running(cells={"a": "1"}) as srv:
             async with connect(srv.url_for("s")) as ws:
@@ -166,7 +174,6 @@ async def test_edit_is_acked_and_last_writer_wins() -> None:
                 assert await recv(ws) == Frame("ack", {"seq": 1})
                 await send(ws, "edit", {"seq": 2, "cell_id": "c", "code": "new"})
                 assert await recv(ws) == Frame("ack", {"seq": 2})
-                # A resend of an older flush after a newer edit: still last writer wins.
                 codes = {"a": "second"}
                 await send(ws, "instantiate", {"seq": 3, "codes": codes, "auto_run": True})
                 assert await recv(ws) == Frame("ack", {"seq": 3})
@@ -175,8 +182,112 @@ async def test_edit_is_acked_and_last_writer_wins() -> None:
                 ready = await recv(ws)
                 assert ready.data["cell_ids"] == ["a", "c"]
                 assert ready.data["codes"] == ["second", "new"]
+                assert ready.data["seq"] == 0  # another session: its own seqs
+            async with connect(srv.url_for("s")) as ws:
+                assert (await recv(ws)).data["seq"] == 3
             assert srv.acks_sent == [1, 2, 3]
             assert srv.sessions_seen == {"s", "t"}
+
+
+async def test_an_older_seq_never_overwrites_a_cell_but_is_acked() -> None:
+    """A frame whose seq is not above the seq of the code held for a cell leaves that cell
+    alone (other cells of the frame still apply) and is acked all the same."""
+    with trio.fail_after(LIMIT), capture_logs() as logs:
+        async with running(cells={"a": "0"}) as srv, connect(srv.url_for("s")) as ws:
+            await recv(ws)
+            await send(ws, "edit", {"seq": 5, "cell_id": "a", "code": "new"})
+            assert await recv(ws) == Frame("ack", {"seq": 5})
+            stale = {"a": "old", "b": "fresh"}
+            await send(ws, "instantiate", {"seq": 4, "codes": stale, "auto_run": True})
+            assert await recv(ws) == Frame("ack", {"seq": 4})
+            await send(ws, "edit", {"seq": 5, "cell_id": "a", "code": "same seq"})
+            assert await recv(ws) == Frame("ack", {"seq": 5})
+            assert srv.cells == {"a": "new", "b": "fresh"}
+            assert srv.sessions["s"].stale_codes == 2
+            assert srv.sessions["s"].seq == 5
+    assert [e["cell_id"] for e in logs if e["event"] == "stale_code_ignored"] == ["a", "a"]
+
+
+async def test_instantiate_merges_cells_absent_from_the_frame_keep_their_code() -> None:
+    """An instantiate frame that names some cells leaves every other cell as it was."""
+    with trio.fail_after(LIMIT):
+        async with running(cells={"a": "A", "b": "B"}) as srv, connect(srv.url_for("m")) as ws:
+            await recv(ws)
+            await send(ws, "instantiate", {"seq": 1, "codes": {"b": "B2"}, "auto_run": False})
+            await send(ws, "instantiate", {"seq": 2, "codes": {}, "auto_run": True})
+            assert [await recv(ws), await recv(ws)] == [
+                Frame("ack", {"seq": 1}),
+                Frame("ack", {"seq": 2}),
+            ]
+            assert srv.cells == {"a": "A", "b": "B2"}
+
+
+async def test_a_newer_connection_fences_the_older_before_kernel_ready() -> None:
+    """Accepting a second connection for a session closes the first with 1008 "replaced",
+    and a frame the first one still sends is never applied nor acked."""
+    with trio.fail_after(LIMIT), capture_logs() as logs:
+        async with running(cells={"a": "0"}) as srv:
+            async with connect(srv.url_for("f")) as old:
+                await recv(old)
+                await send(old, "edit", {"seq": 1, "cell_id": "a", "code": "v1"})
+                assert await recv(old) == Frame("ack", {"seq": 1})
+                async with connect(srv.url_for("f")) as new:
+                    ready = await recv(new)
+                    assert ready.data["seq"] == 1
+                    assert ready.data["codes"] == ["v1"]
+                    # The old connection may still get a frame out before its close lands.
+                    with contextlib.suppress(ConnectionClosed):
+                        await send(old, "edit", {"seq": 9, "cell_id": "a", "code": "late"})
+                    with pytest.raises(ConnectionClosed) as info:
+                        while True:
+                            await old.get_message()
+                    assert closed_with(info) == (1008, "replaced")
+                    await send(new, "edit", {"seq": 2, "cell_id": "a", "code": "v2"})
+                    assert await recv(new) == Frame("ack", {"seq": 2})
+            assert srv.cells == {"a": "v2"}
+            assert srv.acks_sent == [1, 2]
+    assert any(e["event"] == "connection_fenced" for e in logs)
+
+
+async def test_a_handshake_held_up_behind_a_newer_connection_is_the_one_fenced() -> None:
+    """An older TCP connection whose upgrade request arrives after a newer connection of the
+    same session was accepted gets no kernel-ready: it is closed at once with 1008, and the
+    newer connection keeps working."""
+    with trio.fail_after(LIMIT):
+        async with running(cells={"a": "0"}) as srv:
+            stale = await trio.open_tcp_stream("127.0.0.1", srv.port)
+            async with stale:
+                await srv.wait_until(lambda s: s.tcp_connections == 1)
+                async with connect(srv.url_for("held")) as new:
+                    await recv(new)
+                    await stale.send_all(upgrade_request("/ws?session_id=held"))
+                    answer = b""
+                    while chunk := await stale.receive_some():
+                        answer += chunk
+                    assert answer.startswith(b"HTTP/1.1 101 ")
+                    assert b"kernel-ready" not in answer
+                    assert b"replaced" in answer  # the 1008 close frame's reason
+                    await send(new, "edit", {"seq": 1, "cell_id": "a", "code": "ok"})
+                    assert await recv(new) == Frame("ack", {"seq": 1})
+            assert srv.cells == {"a": "ok"}
+
+
+async def test_lose_state_forgets_seqs_and_cells() -> None:
+    """After lose_state the cells are the initial ones, kernel-ready's seq is 0 again, and
+    every connection was reset."""
+    with trio.fail_after(LIMIT):
+        async with running(cells={"a": "0"}) as srv:
+            async with connect(srv.url_for("l")) as ws:
+                await recv(ws)
+                await send(ws, "edit", {"seq": 7, "cell_id": "a", "code": "edited"})
+                assert await recv(ws) == Frame("ack", {"seq": 7})
+                await srv.lose_state()
+                with pytest.raises(ConnectionClosed):
+                    await ws.get_message()
+            assert srv.cells == {"a": "0"}
+            async with connect(srv.url_for("l")) as ws:
+                ready = await recv(ws)
+                assert (ready.data["seq"], ready.data["codes"]) == (0, ["0"])
 
 
 async def test_default_handler_answers_run_with_cell_op() -> None:
@@ -226,21 +337,59 @@ async def test_sync_handler_is_supported() -> None:
             assert seen == ["whatever"]
 
 
-async def test_bad_client_frames_are_logged_and_connection_kept() -> None:
-    """Malformed client frames log one bad_frame event each and the connection keeps working."""
+async def test_malformed_frames_of_an_object_are_logged_and_connection_kept() -> None:
+    """A JSON object that is not a well-formed frame (no op, an edit without its fields) logs
+    one bad_frame event each and the connection keeps working."""
     with trio.fail_after(LIMIT), capture_logs() as logs:
         async with running() as srv:
             async with connect(srv.url_for("bad")) as ws:
                 await recv(ws)
-                for message in ("not json", b"binary", "[1]", '{"op": "edit", "data": {}}'):
+                for message in ('{"data": 1}', '{"op": "edit", "data": {}}'):
                     await ws.send_message(message)
                 await send(ws, "edit", {"seq": 1, "cell_id": "a", "code": "ok"})
                 assert await recv(ws) == Frame("ack", {"seq": 1})
-            assert srv.bad_frames_received == 4
+            assert srv.bad_frames_received == 2
             assert srv.cells == {"a": "ok"}
     bad = [e for e in logs if e["event"] == "bad_frame"]
-    assert len(bad) == 4
+    assert len(bad) == 2
     assert all(e["session_id"] == "bad" for e in bad)
+
+
+@pytest.mark.parametrize(
+    ("message", "code"),
+    [
+        (b"binary", 1003),
+        ("not json", 1007),
+        ("[1]", 1007),
+        ('"a string"', 1007),
+        (encode_frame("edit", {"seq": 1, "cell_id": "a", "code": "x" * 300}), 1009),
+        # Under the limit in characters, over it in UTF-8 bytes.
+        ('{"op": "edit", "data": {"seq": 1, "cell_id": "a", "code": "' + "é" * 200 + '"}}', 1009),
+    ],
+    ids=["binary", "not-json", "array", "scalar", "oversized", "oversized-utf8"],
+)
+async def test_frames_the_server_will_not_take_close_the_connection(
+    message: str | bytes, code: int
+) -> None:
+    """Binary frames close with 1003, text that is not a JSON object with 1007, and a frame
+    over max_frame_size (UTF-8 bytes) with 1009; nothing of it is applied."""
+    with trio.fail_after(LIMIT):
+        async with running(cells={"a": "0"}, max_frame_size=256) as srv:
+            async with connect(srv.url_for("refused")) as ws:
+                assert (await recv(ws)).data["max_frame_size"] == 256
+                await ws.send_message(message)
+                with pytest.raises(ConnectionClosed) as info:
+                    await ws.get_message()
+                assert closed_with(info)[0] == code
+            assert srv.client_close_codes == [code]
+            assert srv.cells == {"a": "0"}
+
+
+def test_max_frame_size_is_checked() -> None:
+    """A max_frame_size that is not an integer of at least 64 is a ValueError."""
+    for bad in (0, 63, 1.5, True, "1"):
+        with pytest.raises(ValueError, match="max_frame_size"):
+            KernelServer(max_frame_size=bad)  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------- routing, auth
