@@ -1,0 +1,221 @@
+"""Tests of the shared view of an upstream (fsm.gateway._shared.UpstreamGate).
+
+First the policy alone, fed with times and outcomes (it is sans-IO); then a fleet of real
+connectors sharing one gate in front of one :class:`fsm.server.KernelServer`, over
+in-memory streams on ``MockClock``, whose upstream goes away and comes back.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import fsm
+from fsm.gateway._shared import GatePolicy, UpstreamGate
+
+PACE = GatePolicy(max_in_flight=4, rate=100.0)
+SPACING = 1 / PACE.rate
+
+
+def failing_gate(now: float = 0.0) -> UpstreamGate:
+    """A gate that has just seen one fresh failure at ``now``."""
+    gate = UpstreamGate(PACE, random.Random(0))
+    assert gate.admit("scout", now) == 0.0
+    gate.finished("scout", now, False)
+    assert not gate.healthy
+    return gate
+
+
+# -- the policy alone ------------------------------------------------------------------
+
+
+def test_gate_policy_rejects_bad_values() -> None:
+    """Invalid GatePolicy fields raise ValueError or TypeError naming the field."""
+    with pytest.raises(ValueError, match="max_in_flight"):
+        GatePolicy(max_in_flight=0)
+    with pytest.raises(ValueError, match="rate"):
+        GatePolicy(rate=float("inf"))
+    with pytest.raises(ValueError, match="busy_wait"):
+        GatePolicy(busy_wait=-1)
+    with pytest.raises(TypeError, match="probe"):
+        GatePolicy(probe=1.0)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="GatePolicy"):
+        UpstreamGate(policy=PACE.rate)  # type: ignore[arg-type]
+
+
+def test_healthy_gate_paces_dials_and_keeps_each_slot() -> None:
+    """While healthy the first dial starts at once, later ones get slots 1/rate apart,
+    and a session waking at its slot dials even though the pace moved on."""
+    gate = UpstreamGate(PACE)
+    assert gate.admit("a", 0.0) == 0.0
+    delays = [gate.admit(name, 0.0) for name in "bcd"]
+    assert delays == pytest.approx([SPACING, 2 * SPACING, 3 * SPACING])
+    assert gate.waiting == 3
+    gate.finished("a", 0.001, True)
+    # "e" arrives later but before the pace is free: it queues behind "d".
+    assert gate.admit("e", 0.005) == pytest.approx(4 * SPACING - 0.005)
+    assert gate.admit("b", SPACING) == 0.0  # its own slot
+    assert gate.in_flight == 1 and gate.waiting == 3
+
+
+def test_healthy_gate_never_exceeds_in_flight_bound() -> None:
+    """With every slot busy a session is deferred, and it dials once one frees."""
+    gate = UpstreamGate(PACE)
+    now = 0.0
+    for i in range(PACE.max_in_flight):
+        now += SPACING
+        assert gate.admit(i, now) == 0.0
+    late = gate.admit("late", now + SPACING)
+    assert late > 0 and gate.in_flight == PACE.max_in_flight
+    gate.finished(0, now + SPACING, True)
+    assert gate.admit("late", now + SPACING + late) == 0.0
+    assert gate.in_flight == PACE.max_in_flight
+
+
+def test_failing_gate_sends_one_probe_per_shared_backoff() -> None:
+    """After a failure only one dial at a time goes out, no sooner than the shared
+    back-off; everyone else is given a slot behind the next probe."""
+    gate = failing_gate()
+    first_probe = gate.next_probe
+    assert first_probe is not None
+    assert 0.8 * 0.5 <= first_probe <= 0.5  # DEFAULT_PROBE: 0.5 s, jitter 0.2
+    waits = {name: gate.admit(name, 0.1) for name in "abc"}
+    assert waits["a"] == pytest.approx(first_probe - 0.1)
+    assert waits["b"] == pytest.approx(first_probe + SPACING - 0.1)
+    assert gate.in_flight == 0
+    assert gate.admit("a", first_probe) == 0.0  # the probe
+    # While it is out nobody else dials, whatever their slot says.
+    assert gate.admit("b", first_probe + SPACING) > 0
+    gate.finished("a", first_probe + 0.002, False)
+    assert gate.failures == 2
+    second_probe = gate.next_probe
+    assert second_probe is not None
+    assert second_probe - (first_probe + 0.002) >= 0.8 * 0.8  # the 2nd delay: 0.8 s
+    assert gate.admit("c", first_probe + 2 * SPACING) > 0
+
+
+def test_stale_failures_are_not_counted_again() -> None:
+    """A burst of dials that were in flight together teaches the gate one failure."""
+    gate = UpstreamGate(PACE)
+    for i in range(3):
+        assert gate.admit(i, i * SPACING) == 0.0
+    for i in range(3):
+        gate.finished(i, 0.05, False)
+    assert gate.failures == 1
+    assert gate.stats["failed"] == 1 and gate.stats["stale"] == 2
+
+
+def test_probe_success_heals_and_waiters_return_at_the_pace() -> None:
+    """A successful probe makes the gate healthy; sessions come back at their slots."""
+    gate = failing_gate()
+    probe = gate.next_probe
+    assert probe is not None
+    slots = {name: gate.admit(name, 0.1) + 0.1 for name in "pqrs"}
+    assert gate.admit("p", slots["p"]) == 0.0
+    gate.finished("p", slots["p"], True)
+    assert gate.healthy and gate.next_probe is None
+    for name in "qrs":
+        assert gate.admit(name, slots[name]) == 0.0
+        gate.finished(name, slots[name], True)
+    assert sorted(slots.values()) == pytest.approx(
+        [probe + k * SPACING for k in range(4)]
+    )
+
+
+def test_persons_connect_dials_first() -> None:
+    """A person's Connect dials at once while failing, and with every slot busy it
+    takes the first slot that frees, ahead of a session whose slot came earlier."""
+    gate = failing_gate()
+    assert gate.admit("person", 0.01, urgent=True) == 0.0
+    gate.finished("person", 0.02, False)
+
+    gate = UpstreamGate(PACE)
+    for i in range(PACE.max_in_flight):
+        assert gate.admit(i, i * SPACING) == 0.0
+    queued = gate.admit("queued", 0.05)
+    wait = gate.admit("person", 0.06, urgent=True)
+    assert wait == pytest.approx(PACE.busy_wait)
+    gate.finished(0, 0.07, True)
+    # "queued" wakes first, but the freed slot is kept for the person.
+    assert gate.admit("queued", 0.05 + queued) > 0
+    assert gate.admit("person", 0.06 + wait) == 0.0
+
+
+def test_forget_frees_a_waiting_session() -> None:
+    """A session that stops waiting (closed, retried now) holds no slot."""
+    gate = UpstreamGate(PACE)
+    for i in range(PACE.max_in_flight):
+        gate.admit(i, i * SPACING)
+    gate.admit("person", 0.05, urgent=True)
+    gate.admit("queued", 0.05)
+    assert gate.waiting == 2
+    gate.forget("person")
+    gate.forget("queued")
+    assert gate.waiting == 0
+    gate.finished(0, 0.06, None)
+    # The slot "queued" held is not handed on (a slot is a time on the pace), but the
+    # freed dial slot is no longer kept for the person.
+    assert gate.admit("next", 0.2) == 0.0
+
+
+def test_gate_refuses_driver_mistakes() -> None:
+    """Two dials for one session, or finishing one that never started, is a ValueError."""
+    gate = UpstreamGate(PACE)
+    gate.admit("a", 0.0)
+    with pytest.raises(ValueError, match="already has a dial"):
+        gate.admit("a", 0.0)
+    with pytest.raises(ValueError, match="no dial in flight"):
+        gate.finished("b", 0.0, True)
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(min_value=0, max_value=11),  # which session
+            st.sampled_from(["admit", "urgent", "ok", "fail", "neutral", "forget"]),
+            st.floats(min_value=0.0, max_value=3.0),  # time step
+        ),
+        max_size=200,
+    )
+)
+def test_gate_invariants_under_any_sequence(ops: list[tuple[int, str, float]]) -> None:
+    """Whatever the sessions do: never more dials in flight than the bound, every
+    answer is 0 or a positive wait, and while failing at most one non-urgent dial."""
+    gate = UpstreamGate(PACE, random.Random(1))
+    now = 0.0
+    flying: set[int] = set()
+    urgent_out = 0
+    for session, op, step in ops:
+        now += step
+        if op in ("admit", "urgent"):
+            if session in flying:
+                continue
+            was_failing = not gate.healthy
+            had = gate.in_flight
+            delay = gate.admit(session, now, urgent=op == "urgent")
+            assert delay >= 0.0 and delay < 60.0
+            if delay == 0.0:
+                flying.add(session)
+                if was_failing and op == "admit":
+                    assert had == 0 or urgent_out > 0
+                if op == "urgent":
+                    urgent_out += 1
+        elif op == "forget":
+            gate.forget(session)
+        elif session in flying:
+            flying.discard(session)
+            urgent_out = max(0, urgent_out - 1)
+            gate.finished(session, now, {"ok": True, "fail": False, "neutral": None}[op])
+        assert gate.in_flight == len(flying) <= PACE.max_in_flight
+
+
+def test_default_probe_schedule_is_short_and_never_gives_up() -> None:
+    """The shared probe back-off starts at 0.5 s, caps at 5 s and has no give-up."""
+    probe = GatePolicy().probe
+    assert probe.nominal_delay(1) == 0.5
+    assert probe.nominal_delay(50) == 5.0
+    assert probe.max_attempts > 10**6
+    assert isinstance(probe, fsm.RetryPolicy)
