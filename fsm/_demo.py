@@ -9,9 +9,9 @@ demo takes seconds; the real defaults are printed at the start.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from typing import Any
 
-import structlog
 import trio
 
 from fsm._errors import ConnectionFailed
@@ -27,12 +27,15 @@ DEMO_POLICY = RetryPolicy(
 _STEP_TIMEOUT = 30.0
 
 
-def _say(text: str) -> None:
-    structlog.get_logger("fsm.demo").info(text)
+async def run_demo(
+    failures: int, rng: random.Random, say: Callable[[str], None] = print
+) -> dict[str, Any]:
+    """Run every scene, narrating with ``say``; return the summary that ``fsm demo`` prints.
 
-
-async def run_demo(failures: int, rng: random.Random) -> dict[str, Any]:
-    """Run every scene; return the summary that ``fsm demo`` prints."""
+    Every edit is narrated with the state it was made in and where it goes, and each
+    scene ends by comparing the server's cells with the client's latest code, so that
+    "no edit lost" can be seen, not only asserted.
+    """
     if failures < 1:
         raise ValueError(f"--failures must be >= 1, got {failures}")
     policy = RetryPolicy(
@@ -47,6 +50,9 @@ async def run_demo(failures: int, rng: random.Random) -> dict[str, Any]:
     server = KernelServer(cells={"c1": "x = 1", "c2": "y = x + 1"})
     summary: dict[str, Any] = {}
     transitions = 0
+    latest: dict[str, str] = {}  # what the client edited last, per cell
+    edits_made = 0
+    _say = say
     async with trio.open_nursery() as nursery:
         await nursery.start(server.serve)
         _say(
@@ -59,6 +65,20 @@ async def run_demo(failures: int, rng: random.Random) -> dict[str, Any]:
         ) as conn:
             changes = conn.transitions()
 
+            def edit(cell_id: str, code: str) -> None:
+                where = "sent now" if conn.state is ConnState.OPEN else "buffered until OPEN"
+                conn.edit(cell_id, code)
+                latest[cell_id] = code
+                nonlocal edits_made
+                edits_made += 1
+                _say(f"   edit {cell_id} = {code!r} while {conn.state}: {where}")
+
+            def check_server(scene: str) -> None:
+                held = {cell: server.cells.get(cell) for cell in latest}
+                lost = {cell: code for cell, code in latest.items() if held[cell] != code}
+                verdict = "no edit lost" if not lost else f"LOST: {lost}"
+                _say(f"   {scene}: server holds {held}: {verdict}")
+
             async def count_transitions() -> None:
                 nonlocal transitions
                 async for _ in changes:
@@ -67,26 +87,29 @@ async def run_demo(failures: int, rng: random.Random) -> dict[str, Any]:
             nursery.start_soon(count_transitions)
             with trio.fail_after(_STEP_TIMEOUT):
                 _say(f"1. lazy: state {conn.state}, no socket yet; editing two cells")
-                conn.edit("c1", "x = 10")
-                conn.edit("c2", "y = x * 2")
-                conn.edit("c1", "x = 20")  # the latest code per cell wins
-                _say(f"   pending edits: {conn.pending_edits}")
+                edit("c1", "x = 10")
+                edit("c2", "y = x * 2")
+                edit("c1", "x = 20")  # the latest code per cell wins
+                _say(f"   pending edits (latest per cell): {conn.pending_edits}")
 
-                _say("2. Connect: the server refuses the first 3 handshakes (HTTP 503)")
-                server.faults.refuse_handshakes = 3
+                refusals = min(3, failures - 1)  # the cycle must still succeed
+                _say(f"2. Connect: the server refuses the first {refusals} handshakes (HTTP 503)")
+                server.faults.refuse_handshakes = refusals
                 await conn.connect()
                 await conn.wait_acked()
-                _say(f"   OPEN after {conn.attempts} failed attempts; server cells {server.cells}")
+                _say(f"   OPEN after {conn.attempts} failed attempts; the flush carried both cells")
+                check_server("after the flush")
 
                 _say("3. an edit while OPEN is sent at once and acknowledged")
-                conn.edit("c3", "z = x + y")
+                edit("c3", "z = x + y")
                 await conn.wait_acked()
+                check_server("after the ack")
                 await trio.sleep(policy.min_uptime)  # let the connection count as stable
                 _say("4. the server drops every connection: automatic reconnect")
                 await server.drop_all()
-                conn.edit("c2", "y = x * 3")  # made while reconnecting: buffered, then flushed
+                edit("c2", "y = x * 3")  # made while reconnecting: buffered, then flushed
                 await conn.wait_acked()
-                _say(f"   reconnected; server cells {server.cells}")
+                check_server("reconnected and flushed")
 
                 await trio.sleep(policy.min_uptime)
                 _say(f"5. the server refuses everything: {failures} failed attempts, then GAVE_UP")
@@ -95,7 +118,7 @@ async def run_demo(failures: int, rng: random.Random) -> dict[str, Any]:
                 await conn.wait_for(ConnState.CLOSED)
                 _say(f"   CLOSED({conn.close_reason}) after {conn.attempts} attempts; "
                      f"the Connect button still works:")
-                conn.edit("c1", "x = 30")
+                edit("c1", "x = 30")
 
                 _say("6. the server recovers; connect() starts a new cycle")
                 server.faults.refuse_handshakes = 0
@@ -104,18 +127,19 @@ async def run_demo(failures: int, rng: random.Random) -> dict[str, Any]:
                 except ConnectionFailed as exc:  # pragma: no cover - shown, not expected
                     _say(f"   connect failed: {exc}")
                 await conn.wait_acked()
-                _say(f"   OPEN again; server cells {server.cells}")
+                check_server("OPEN again")
 
                 _say("7. close")
                 await conn.aclose()
             summary = {
                 "ok": conn.state is ConnState.CLOSED and not conn.pending_edits
-                and server.cells.get("c1") == "x = 30",
+                and all(server.cells.get(cell) == code for cell, code in latest.items()),
                 "final_state": f"{conn.state}({conn.close_reason})",
                 "handshakes_seen": server.handshakes,
                 "connections_opened": server.connections_opened,
                 "dials": conn.stats["dials"],
                 "server_cells": dict(server.cells),
+                "edits_made": edits_made,
                 "edits_pending": len(conn.pending_edits),
             }
         await server.shutdown()

@@ -37,7 +37,6 @@ from contextlib import asynccontextmanager
 from typing import Any, Final
 from urllib.parse import urlsplit
 
-import structlog
 import trio
 import trio_websocket
 
@@ -50,6 +49,7 @@ from fsm._errors import (
     RequestFailed,
 )
 from fsm._frames import MAX_FRAME_SIZE, BadFrame, Frame, decode_frame, encode_frame
+from fsm._logging import get_logger
 from fsm._policy import RetryPolicy
 from fsm._redact import describe, redact, redact_url
 from fsm._types import CloseReason, ConnState, Phase, Transition
@@ -237,7 +237,7 @@ class Connector:
         self.heartbeat_interval = heartbeat_interval
         self.heartbeat_timeout = heartbeat_timeout
         self.close_timeout = close_timeout
-        base = logger if logger is not None else structlog.get_logger("fsm")
+        base = logger if logger is not None else get_logger("fsm")
         self._log = base.bind(session_id=session_id)
         self._lc = ConnectionLifecycle(
             policy,

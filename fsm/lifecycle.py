@@ -52,11 +52,11 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
-import structlog
 from statemachine.exceptions import TransitionNotAllowed
 
 from fsm._buffer import DEFAULT_EDIT_LIMIT, EditBuffer, FlushBatch
 from fsm._errors import InvalidTransition, NotConnected
+from fsm._logging import get_logger
 from fsm._policy import RetryPolicy
 from fsm._types import CloseReason, ConnState, Phase, Transition
 from fsm._value import Value, set_field
@@ -182,15 +182,20 @@ class TransitionLogger:
     """Logs each transition as one structlog event with stable keys.
 
     The log event is the lifecycle event's name; the keys are ``source``,
-    ``target``, ``attempt`` and, where they apply, ``phase``, ``delay``,
+    ``target``, ``attempt`` (the number of *failed* attempts in the current cycle
+    after the transition: 0 on the first dial, 1 once the first attempt failed),
+    and, where they apply, ``phase``, ``delay`` (the back-off wait, seconds),
     ``reason`` and ``cause`` (secrets redacted). Bind ``session_id`` (or anything
-    else) on the logger you pass.
+    else) on the logger you pass. Without one, the library's logger ``fsm`` is
+    used, which is silent until the application configures logging: the
+    application's structlog configuration if it has one, else stdlib ``logging``
+    (logger ``fsm``). Transitions are INFO, a give-up or rejection WARNING.
     """
 
     __slots__ = ("_logger", "_settled")
 
     def __init__(self, logger: Any = None) -> None:
-        self._logger = logger if logger is not None else structlog.get_logger("fsm")
+        self._logger = logger if logger is not None else get_logger("fsm")
         self._settled = False
 
     def _settle(self) -> None:
@@ -238,7 +243,7 @@ class TransitionLogger:
             logger.info(change.event, **fields)
 
 
-_log = structlog.get_logger("fsm")
+_log = get_logger("fsm")
 # Frozen, so one instance serves every lifecycle built without a policy (validating a
 # new one costs tens of microseconds per connection).
 _DEFAULT_POLICY: Final = RetryPolicy()
@@ -251,8 +256,11 @@ class ConnectionLifecycle:
     ``random.Random(seed)`` for reproducible delays; without one a private
     ``random.Random()`` is made, never the global one); ``edit_limit`` bounds the
     edit buffer; ``logger`` is the structlog logger transitions are logged to
-    (``None``: ``structlog.get_logger("fsm")``). ``observers`` are called with a
-    :class:`~fsm.Transition` after every transition.
+    (``None``: the library's logger ``fsm``, silent until the application configures
+    structlog or stdlib ``logging``; ``None`` does not mean "no logging").
+    ``log_transitions=False`` logs no transition at all (for a server holding
+    thousands of lifecycles that counts them some other way). ``observers`` are
+    called with a :class:`~fsm.Transition` after every transition.
     """
 
     def __init__(

@@ -70,7 +70,6 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any, Final
 
-import structlog
 import trio
 from trio_websocket import (
     ConnectionClosed,
@@ -80,6 +79,7 @@ from trio_websocket import (
 )
 
 from fsm._frames import MAX_FRAME_SIZE, BadFrame, Frame, decode_frame, encode_frame
+from fsm._logging import get_logger
 
 __all__ = [
     "DEFAULT_HOST",
@@ -93,7 +93,7 @@ __all__ = [
     "malformed_frames",
 ]
 
-log = structlog.get_logger("fsm.server")
+log = get_logger("fsm.server")
 
 #: The server binds loopback only unless told otherwise: it is a test and demo peer.
 DEFAULT_HOST: Final = "127.0.0.1"

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import random
 import subprocess
 import sys
-from collections.abc import MutableMapping
+import textwrap
+from collections.abc import Iterator, MutableMapping
 from typing import Any
 
 import pytest
@@ -19,6 +22,38 @@ from fsm import (
     RetryPolicy,
     Transition,
 )
+
+
+class _ListHandler(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[Any] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@contextlib.contextmanager
+def stdlib_records(level: int = logging.WARNING, name: str = "fsm") -> Iterator[list[Any]]:
+    """The stdlib records logger ``name`` emits at ``level`` and above, structlog unconfigured."""
+    structlog.reset_defaults()
+    logger = logging.getLogger(name)
+    handler = _ListHandler()
+    old_level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    try:
+        yield handler.records
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+
+
+def run_python(code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True, text=True, check=False, timeout=60,
+    )
 
 
 def make(**kwargs: Any) -> ConnectionLifecycle:
@@ -250,7 +285,8 @@ def test_a_lazy_logger_follows_structlog_configured_later() -> None:
 
 def test_a_cached_lazy_logger_is_kept_like_structlog_keeps_it() -> None:
     """With cache_logger_on_first_use, the logger assembled for the first line is the one
-    every later line goes to, as with structlog's own proxy: filtering still applies."""
+    every later line goes to, as with structlog's own proxy: filtering still applies;
+    once structlog is reset to its defaults, lines go to stdlib logging instead."""
     seen: list[dict[str, Any]] = []
 
     def keep(_logger: Any, _name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
@@ -267,12 +303,156 @@ def test_a_cached_lazy_logger_is_kept_like_structlog_keeps_it() -> None:
     lc.fail("refused")  # INFO: filtered
     lc.retry()
     lc.fail("refused again")  # the last allowed attempt failed: GAVE_UP is a warning
-    structlog.reset_defaults()  # a cached logger no longer reads the configuration
-    lc.connect()
-    lc.fail("refused")
-    lc.retry()
-    lc.fail("refused at last")
     assert [(e["event"], e["reason"], e["cause"]) for e in seen] == [
         ("fail", "GAVE_UP", "refused again"),
-        ("fail", "GAVE_UP", "refused at last"),
     ]
+    structlog.reset_defaults()  # the application no longer configures structlog
+    with stdlib_records() as records:
+        lc.connect()
+        lc.fail("refused")
+        lc.retry()
+        lc.fail("refused at last")
+    assert len(seen) == 1
+    assert [(r.fsm["event"], r.fsm["cause"]) for r in records] == [
+        ("fail", "refused at last"),
+    ]
+
+
+# A connector against a real server: dials, a refused handshake, a give-up (a warning),
+# a recovery, a close. Every kind of line the library writes, debug to warning.
+_SCENE = """
+import random, trio, fsm
+from fsm.server import KernelServer
+
+async def main():
+    server = KernelServer(cells={"c1": "x = 1"})
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.serve)
+        policy = fsm.RetryPolicy(max_attempts=2, initial_delay=0.01, max_delay=0.02)
+        async with fsm.open_connector(server.url, policy=policy, rng=random.Random(0),
+                                      session_id="s-log") as conn:
+            conn.edit("c1", "x = 2")
+            server.faults.refuse_handshakes = 10
+            try:
+                await conn.connect()
+            except fsm.ConnectionFailed:
+                pass
+            server.faults.refuse_handshakes = 0
+            await conn.connect()
+            await conn.wait_acked()
+        await server.shutdown()
+        nursery.cancel_scope.cancel()
+    print("done")
+
+trio.run(main)
+"""
+
+
+def test_the_library_prints_nothing_until_logging_is_configured() -> None:
+    """Unconfigured, a whole scene (debug lines to a give-up warning) prints nothing at all."""
+    result = run_python(_SCENE)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "done\n"
+    assert result.stderr == ""
+
+
+def test_lines_go_to_stdlib_logging_when_structlog_is_not_configured() -> None:
+    """With only logging.basicConfig, lines reach stdlib loggers fsm and fsm.server as
+    'event key=value' messages at the levels the application enabled."""
+    result = run_python(
+        "import logging, sys\n"
+        "logging.basicConfig(level=logging.INFO, stream=sys.stdout,\n"
+        "                    format='%(name)s %(levelname)s %(message)s')\n"
+        + _SCENE
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "fsm INFO connect session_id=s-log source=NOT_STARTED target=CONNECTING attempt=0 " \
+        "phase=DIALING" in lines
+    assert any(line.startswith("fsm WARNING fail session_id=s-log ") and "reason=GAVE_UP" in line
+               for line in lines)
+    assert any(line.startswith("fsm.server INFO ") for line in lines)
+    assert not any(" DEBUG " in line for line in lines)  # INFO and above, as configured
+    assert result.stderr == ""
+
+
+def test_stdlib_records_carry_the_fields_as_a_dict() -> None:
+    """A stdlib record's ``fsm`` attribute holds the event and its fields."""
+    with stdlib_records(logging.INFO) as records:
+        lc = make()
+        lc.connect()
+        lc.fail("refused")
+    assert [r.fsm for r in records] == [
+        {"event": "connect", "source": "NOT_STARTED", "target": "CONNECTING", "attempt": 0,
+         "phase": "DIALING"},
+        {"event": "fail", "source": "CONNECTING", "target": "CONNECTING", "attempt": 1,
+         "phase": "BACKING_OFF", "delay": records[1].fsm["delay"], "cause": "refused"},
+    ]
+    assert [(r.name, r.levelno) for r in records] == [("fsm", logging.INFO)] * 2
+
+
+def test_a_level_that_is_off_is_not_rendered() -> None:
+    """A stdlib logger set to WARNING gets no INFO record (the line is not even built)."""
+    with stdlib_records(logging.WARNING) as records:
+        lc = make()
+        lc.connect()
+        lc.fail()
+        lc.retry()
+    assert records == []
+    assert not fsm_logger().is_enabled_for(logging.INFO)
+
+
+def fsm_logger() -> Any:
+    from fsm._logging import get_logger
+
+    return get_logger("fsm")
+
+
+def test_the_applications_structlog_configuration_is_followed() -> None:
+    """When the application configured structlog, library lines go through its processors
+    (and not to stdlib logging), with the connector's bound session_id."""
+    result = run_python(
+        "import logging, sys, structlog\n"
+        "logging.basicConfig(level=logging.DEBUG, stream=sys.stderr)\n"
+        "structlog.configure(processors=[structlog.processors.add_log_level,\n"
+        "    structlog.processors.JSONRenderer()],\n"
+        "    logger_factory=structlog.PrintLoggerFactory(sys.stdout))\n"
+        + _SCENE
+    )
+    assert result.returncode == 0, result.stderr
+    import json
+
+    events = [json.loads(line) for line in result.stdout.splitlines()[:-1]]
+    assert {"event": "connector_opened", "level": "debug", "session_id": "s-log"} in [
+        {k: e.get(k) for k in ("event", "level", "session_id")} for e in events
+    ]
+    assert any(e["event"] == "fail" and e.get("reason") == "GAVE_UP" and e["level"] == "warning"
+               and e["session_id"] == "s-log" for e in events)
+    # Nothing went to stdlib logging as well (python-statemachine's own debug lines do).
+    assert not [line for line in result.stderr.splitlines() if ":fsm" in line]
+
+
+def test_logger_none_means_the_library_logger_and_false_transitions_mean_none() -> None:
+    """logger=None logs to the library logger ``fsm``; log_transitions=False logs nothing."""
+    with stdlib_records(logging.INFO) as records:
+        make(logger=None).connect()
+        make(log_transitions=False).connect()
+    assert [(r.name, r.fsm["event"]) for r in records] == [("fsm", "connect")]
+
+
+def test_the_cli_logs_to_stderr_and_prints_results_to_stdout() -> None:
+    """fsm demo --json: narration and summary on stdout, the library's log lines on stderr."""
+    import json
+
+    result = subprocess.run(
+        [sys.executable, "-m", "fsm", "demo", "--json", "--failures", "3"],
+        capture_output=True, text=True, check=False, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    out = [json.loads(line) for line in result.stdout.splitlines()]
+    err = [json.loads(line) for line in result.stderr.splitlines()]
+    assert {e["event"] for e in out} == {"narration", "summary"}
+    assert out[-1]["event"] == "summary" and out[-1]["ok"] is True
+    assert any("no edit lost" in e.get("text", "") for e in out)
+    assert {"connect", "ready", "fail", "retry"} <= {e["event"] for e in err}
+    assert not any(e.get("logger") == "fsm.server" for e in err)
