@@ -34,7 +34,7 @@ import secrets
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any, Final
+from typing import Any, Final, Protocol
 from urllib.parse import urlsplit
 
 import trio
@@ -70,7 +70,15 @@ from fsm.protocols import (
     normalise_url,
 )
 
-__all__ = ["Connector", "Link", "StreamOpener", "TransitionStream", "open_connector", "open_tcp"]
+__all__ = [
+    "Connector",
+    "DialGate",
+    "Link",
+    "StreamOpener",
+    "TransitionStream",
+    "open_connector",
+    "open_tcp",
+]
 
 # trio-websocket closes the socket (1009) above this; our decoder refuses (and
 # logs) frames above MAX_FRAME_SIZE, so frames in between are skipped, not fatal.
@@ -127,6 +135,7 @@ class Link:
         self.unsent_posted = False  # a _SEND_UNSENT is in the outbox
         self.abandoned = False
         self.closing = False
+        self.gated = False  # admitted by a dial gate that has not heard how it ended
         # How the link ended: (lifecycle event, cause); the first cause recorded wins.
         self.end: tuple[str, str] | None = None
 
@@ -213,8 +222,13 @@ class Connector:
         message_buffer: int = 10_000,
         logger: Any = None,
         open_stream: StreamOpener | None = None,
+        dial_gate: DialGate | None = None,
     ) -> None:
         self.url = normalise_url(url)
+        if dial_gate is not None and not callable(getattr(dial_gate, "admit", None)):
+            raise TypeError(f"dial_gate must be a DialGate, got {type(dial_gate).__name__}")
+        self._dial_gate = dial_gate
+        self._urgent = False  # the Dial being applied comes from a person's connect()
         if open_stream is not None and not callable(open_stream):
             raise TypeError(f"open_stream must be callable, got {type(open_stream).__name__}")
         self._open_stream: StreamOpener = open_stream if open_stream is not None else open_tcp
@@ -256,7 +270,8 @@ class Connector:
             message_buffer
         )
         #: Counters for observability and tests.
-        self.stats = {"dials": 0, "bad_frames": 0, "messages_dropped": 0, "unknown_acks": 0}
+        self.stats = {"dials": 0, "bad_frames": 0, "messages_dropped": 0, "unknown_acks": 0,
+                      "deferrals": 0}
 
     # -- state (fast reads) ----------------------------------------------------------
 
@@ -318,7 +333,11 @@ class Connector:
         (gave up, rejected, shut down or closed meanwhile).
         """
         self._check_running()
-        self._apply(self._lc.connect())
+        self._urgent = True  # a dial gate lets a person's Connect dial first
+        try:
+            self._apply(self._lc.connect())
+        finally:
+            self._urgent = False
         await self._until_open()
 
     async def request(self, op: str, data: Any = None) -> Any:
@@ -416,7 +435,17 @@ class Connector:
 
     def _dial(self, effect: Dial) -> None:
         assert self._nursery is not None
+        gate = self._dial_gate
+        if gate is not None:
+            delay = gate.admit(self, trio.current_time(), urgent=self._urgent)
+            if delay > 0:
+                # The shared view holds this attempt back: BACKING_OFF for exactly that
+                # long, no failure counted, before any attempt starts.
+                self.stats["deferrals"] += 1
+                self._apply(self._lc.defer(delay))
+                return
         link = Link(self, effect.attempt)
+        link.gated = gate is not None
         self._link = link
         self.stats["dials"] += 1
         self._nursery.start_soon(self._run_link, link, effect.timeout)
@@ -451,6 +480,8 @@ class Connector:
         timer, self._timer = self._timer, None
         if timer is not None:
             timer.cancel()
+            if self._dial_gate is not None:
+                self._dial_gate.forget(self)
 
     def _report(self, event: Callable[..., list[Effect]], *args: Any, **kwargs: Any) -> None:
         """Feed one driver-side outcome to the lifecycle and carry out what follows."""
@@ -493,6 +524,11 @@ class Connector:
                     )
                 elif link.opened_at is None:
                     link.lost(f"attempt timed out after {timeout:g} s")
+            if link.gated:
+                link.gated = False
+                failed = not link.abandoned and link.end is not None and link.end[0] == "fail"
+                assert self._dial_gate is not None
+                self._dial_gate.finished(self, trio.current_time(), False if failed else None)
             self._finish_link(link)
 
     def _finish_link(self, link: Link) -> None:
@@ -527,6 +563,10 @@ class Connector:
                     return
                 link.scope.deadline = math.inf
                 link.opened_at = trio.current_time()
+                if link.gated:
+                    link.gated = False
+                    assert self._dial_gate is not None
+                    self._dial_gate.finished(self, link.opened_at, True)
                 self._report(self._lc.ready)
                 if self._link is link:
                     await self._serve(link, ws)
@@ -829,6 +869,23 @@ class Connector:
 StreamOpener = Callable[[str, int, bool], Awaitable[trio.abc.Stream]]
 
 
+class DialGate(Protocol):
+    """What a connector asks before every attempt when it shares an upstream with
+    others (``dial_gate=``); :class:`fsm.gateway.UpstreamGate` is the one that ships.
+
+    ``admit`` answers ``0.0`` (dial now) or the seconds to wait first, which the
+    connector reports as ``defer(delay)``; ``urgent`` marks a person's ``connect()``.
+    ``finished`` is called once per admitted dial: ``True`` ready, ``False`` a
+    retryable failure, ``None`` anything else. ``forget``: the session stopped waiting.
+    """
+
+    def admit(self, session: Connector, now: float, *, urgent: bool = False) -> float: ...
+
+    def finished(self, session: Connector, now: float, ok: bool | None) -> None: ...
+
+    def forget(self, session: Connector) -> None: ...
+
+
 async def open_tcp(host: str, port: int, secure: bool) -> trio.abc.Stream:
     """The default :data:`StreamOpener`: TCP, with TLS for ``wss://``."""
     if secure:
@@ -903,6 +960,7 @@ async def open_connector(
     message_buffer: int = 10_000,
     logger: Any = None,
     open_stream: StreamOpener | None = None,
+    dial_gate: DialGate | None = None,
 ) -> AsyncIterator[Connector]:
     """Open a :class:`Connector` to the kernel server at ``url``.
 
@@ -920,6 +978,9 @@ async def open_connector(
     ``open_stream(host, port, secure)`` opens the byte stream each WebSocket runs
     over (default: TCP, TLS for ``wss``); tests pass in-memory streams, so that a
     whole fleet can run on ``trio.testing.MockClock`` with no real I/O.
+    ``dial_gate`` (a :class:`DialGate`, such as :class:`fsm.gateway.UpstreamGate`)
+    is asked before every attempt by the connectors sharing one upstream; a wait it
+    imposes shows as BACKING_OFF with that delay and counts no failed attempt.
 
     On leaving the block the connector closes (gracefully if OPEN, shielded and
     bounded by ``close_timeout``) and every task and socket it started is gone.
@@ -937,6 +998,7 @@ async def open_connector(
         message_buffer=message_buffer,
         logger=logger,
         open_stream=open_stream,
+        dial_gate=dial_gate,
     )
     if not isinstance(lazy, bool):
         raise TypeError(f"lazy must be a bool, got {lazy!r}")
