@@ -1,0 +1,11 @@
+"""The lazy gateway: the lifecycle core embedded in a server (DESIGN.md section 10).
+
+``fsm gateway --upstream URL`` runs it; in code, ``Gateway(upstream=...)`` with
+``await nursery.start(gateway.serve)``. See docs/gateway.md.
+"""
+
+from __future__ import annotations
+
+from fsm.gateway._server import Gateway
+
+__all__ = ["Gateway"]

@@ -1,0 +1,171 @@
+"""HTTP for the gateway: one h11 request per TCP connection, then a reply or an upgrade.
+
+The request head is read with h11 (which also bounds its size); a WebSocket upgrade is
+then handed to trio-websocket over a stream that replays the bytes already read, so the
+gateway can route, authenticate and refuse (401, 404, 503) before wsproto sees anything.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import urllib.parse
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any
+
+import h11
+import trio
+
+#: The largest request head read; a browser's is well under 8 KiB.
+MAX_HEAD = 16 * 1024
+
+
+@dataclass(frozen=True)
+class Request:
+    """What the gateway decides on: method, path, query and lower-cased headers."""
+
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]
+    raw: bytes  # every byte read so far, replayed to wsproto on an upgrade
+
+    @property
+    def is_upgrade(self) -> bool:
+        tokens = {t.strip().lower() for t in self.headers.get("connection", "").split(",")}
+        return "upgrade" in tokens and self.headers.get("upgrade", "").lower() == "websocket"
+
+    @property
+    def is_valid_websocket(self) -> bool:
+        # What wsproto insists on: an upgrade it refuses would leave trio-websocket's
+        # wrap_server_stream() waiting for a request that never comes.
+        return (
+            self.method == "GET"
+            and self.is_upgrade
+            and self.headers.get("sec-websocket-version") == "13"
+            and bool(self.headers.get("sec-websocket-key"))
+        )
+
+    def first(self, name: str) -> str | None:
+        """The first value of query parameter ``name``."""
+        values = self.query.get(name)
+        return values[0] if values else None
+
+
+class BadRequest(Exception):
+    """The bytes read are not an HTTP/1.1 request the gateway can answer."""
+
+
+async def read_request(stream: trio.abc.Stream) -> Request | None:
+    """Read one request head; ``None`` if the peer hung up first, BadRequest if malformed."""
+    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
+    raw = bytearray()
+    while True:
+        try:
+            event = conn.next_event()
+        except h11.RemoteProtocolError as exc:
+            raise BadRequest(str(exc)) from exc
+        if event is h11.NEED_DATA:
+            data = await stream.receive_some(4096)
+            raw += data
+            conn.receive_data(bytes(data))
+            continue
+        if isinstance(event, h11.Request):
+            target = event.target.decode("latin-1")
+            parts = urllib.parse.urlsplit(target)
+            headers: dict[str, str] = {}
+            for name, value in event.headers:
+                key = name.decode("latin-1").lower()
+                text = value.decode("latin-1")
+                headers[key] = f"{headers[key]}, {text}" if key in headers else text
+            return Request(
+                event.method.decode("latin-1"),
+                parts.path,
+                urllib.parse.parse_qs(parts.query),
+                headers,
+                bytes(raw),
+            )
+        if isinstance(event, h11.ConnectionClosed):
+            return None
+        raise BadRequest(f"unexpected {type(event).__name__}")
+
+
+def response(
+    status: int,
+    body: bytes,
+    content_type: str = "application/json",
+    headers: list[tuple[str, str]] | None = None,
+) -> bytes:
+    """A complete ``Connection: close`` HTTP/1.1 response."""
+    conn = h11.Connection(h11.SERVER)
+    # h11 needs to have seen a request before it writes a response.
+    conn.receive_data(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    conn.next_event()
+    all_headers = [
+        ("Content-Type", content_type),
+        ("Content-Length", str(len(body))),
+        ("Connection", "close"),
+        ("Cache-Control", "no-store"),
+        *(headers or []),
+    ]
+    try:
+        reason = HTTPStatus(status).phrase.encode()
+    except ValueError:
+        reason = b""
+    out = conn.send(h11.Response(status_code=status, headers=all_headers, reason=reason))
+    out = (out or b"") + (conn.send(h11.Data(data=body)) or b"")
+    return out + (conn.send(h11.EndOfMessage()) or b"")
+
+
+def json_response(status: int, payload: Any, headers: list[tuple[str, str]] | None = None) -> bytes:
+    """A JSON response."""
+    return response(status, json.dumps(payload).encode(), headers=headers)
+
+
+def error_response(
+    status: int, message: str, headers: list[tuple[str, str]] | None = None
+) -> bytes:
+    """A JSON ``{"error": message}`` response."""
+    return json_response(status, {"error": message}, headers)
+
+
+def authorized(request: Request, token: str | None) -> bool:
+    """Whether ``request`` carries ``token`` (query ``token`` or a bearer header).
+
+    Compared in constant time; ``token=None`` means no token is required.
+    """
+    if token is None:
+        return True
+    offered = list(request.query.get("token", []))
+    auth = request.headers.get("authorization", "")
+    if auth[:7].lower() == "bearer ":
+        offered.append(auth[7:].strip())
+    expected = token.encode()
+    # Every offer is compared, so the time taken does not say which one was close.
+    results = [hmac.compare_digest(t.encode(), expected) for t in offered]
+    return any(results)
+
+
+class ReplayStream(trio.abc.Stream):
+    """``raw`` with the bytes already read in front: what trio-websocket reads the upgrade from."""
+
+    def __init__(self, raw: trio.abc.Stream, prefix: bytes) -> None:
+        self._raw = raw
+        self._prefix = prefix
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self._raw.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._raw.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        if self._prefix:
+            n = len(self._prefix) if max_bytes is None else max_bytes
+            chunk, self._prefix = self._prefix[:n], self._prefix[n:]
+            return chunk
+        return await self._raw.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self._raw.aclose()
