@@ -40,6 +40,7 @@ class ConnectionFailed(LifecycleError):
             "REJECTED": "the server rejected the connection",
             "SHUTDOWN": "the server shut down",
             "USER": "the connection was closed by the user",
+            "ERROR": "the connection cycle stopped on an error in the client",
         }.get(reason.value, f"closed ({reason.value})")
         last = f"; last cause: {cause}" if cause else ""
         advice = (
@@ -56,6 +57,24 @@ class NotConnected(LifecycleError):
 
 class EditBufferFull(LifecycleError):
     """The edit buffer holds its limit of distinct cells; the new edit was refused, not dropped."""
+
+
+class EditTooLarge(LifecycleError, ValueError):
+    """An edit whose frame would exceed the server's frame limit; refused, the buffer unchanged.
+
+    ``cell_id``, ``size`` (bytes of the largest frame that would carry it) and ``limit``
+    (the limit known when the edit was made) say which and by how much.
+    """
+
+    def __init__(self, cell_id: str, size: int, limit: int) -> None:
+        self.cell_id = cell_id
+        self.size = size
+        self.limit = limit
+        super().__init__(
+            f"edit to cell {cell_id!r} refused: its frame would be {size} bytes, over the"
+            f" server's frame limit of {limit} bytes (max_frame_size); the buffer is"
+            f" unchanged: split the cell's code or raise the server's limit"
+        )
 
 
 class RequestFailed(LifecycleError):

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Final
 
 from statemachine import State, StateMachine
 
+from fsm._policy import check_draw
 from fsm._types import CloseReason
 from fsm.lifecycle import Backoff, Dial, Flush, HangUp
 
@@ -60,33 +61,44 @@ class _LifecycleMachine(StateMachine):
     closing = State("CLOSING", value="CLOSING")
     closed = State("CLOSED", value="CLOSED")
 
-    # A user action: start lazily, or recover from CLOSED whatever the reason.
+    # A person's action: start lazily, retry now, or recover from CLOSED whatever the reason.
     connect = (
         not_started.to(connecting, cond="is_not_started")
         | closed.to(connecting, on="start_new_cycle")
         | closing.to.itself(internal=True, on="request_reconnect")  # type: ignore[no-untyped-call]
+        # Retry now: the timer is abandoned (HangUp(graceful=False)), a new cycle dials.
+        | connecting.backing_off.to(connecting.dialing, on="retry_now")
         # No-ops on the leaves: an internal self-transition on the compound state
         # re-enters its initial substate (SCXML), which would dial again.
         | connecting.dialing.to.itself(internal=True)  # type: ignore[no-untyped-call]
-        | connecting.backing_off.to.itself(internal=True)  # type: ignore[no-untyped-call]
         | open.to.itself(internal=True)  # type: ignore[no-untyped-call]
     )
-    # The first use of a lazy connection starts it; later ones need nothing.
+    # A program's use: starts a lazy connection, and heals one that gave up or whose
+    # server shut down; it never resets the budget of a cycle in progress. A server
+    # that said no (REJECTED), a person's close (USER) and a client fault (ERROR) are
+    # undone only by connect(): request() raises NotConnected there.
     request = (
         not_started.to(connecting, cond="is_not_started")
+        | closed.to(connecting, cond="heals_on_use", on="start_new_cycle")
         | connecting.dialing.to.itself(internal=True)  # type: ignore[no-untyped-call]
         | connecting.backing_off.to.itself(internal=True)  # type: ignore[no-untyped-call]
         | open.to.itself(internal=True, cond="can_interact")  # type: ignore[no-untyped-call]
     )
     # The server said it is ready: the edit buffer is flushed on this transition.
     ready = connecting.dialing.to(open, on="flush_edits")
-    # Transitions sharing an event are tried in the order written here.
-    fail = connecting.dialing.to(
-        connecting.backing_off, cond="attempts_left", on="count_failure"
-    ) | connecting.dialing.to(closed, on="count_failure")
+    # Transitions sharing an event are tried in the order written here. A bad jitter
+    # draw (rng.random() outside [0, 1)) ends the cycle rather than make a bad wait.
+    fail = (
+        connecting.dialing.to(closed, unless="rng_ok", on="stop_on_bad_draw")
+        | connecting.dialing.to(connecting.backing_off, cond="attempts_left", on="count_failure")
+        | connecting.dialing.to(closed, on="count_failure")
+    )
+    # The driver put the attempt off before starting it: no failure counted.
+    defer = connecting.dialing.to(connecting.backing_off)
     retry = connecting.backing_off.to(connecting.dialing)
     drop = (
-        open.to(connecting.backing_off, cond="stayed_up", on="reset_attempts")
+        open.to(closed, unless="rng_ok", on="stop_on_bad_draw")
+        | open.to(connecting.backing_off, cond="stayed_up", on="reset_attempts")
         | open.to(connecting.backing_off, cond="attempts_left", on="count_failure")
         | open.to(closed, on="count_failure")
     )
@@ -125,6 +137,16 @@ class _LifecycleMachine(StateMachine):
     def reconnect_requested(self) -> bool:
         return self._owner._reconnect_after_close
 
+    @property
+    def heals_on_use(self) -> bool:
+        # A cycle that gave up, or a server that shut down: the next use tries again.
+        reason = self._owner._close_reason
+        return reason is CloseReason.GAVE_UP or reason is CloseReason.SHUTDOWN
+
+    @property
+    def rng_ok(self) -> bool:
+        return self._owner._draw_problem is None
+
     def attempts_left(self) -> bool:
         # Evaluated before count_failure runs: is this failure not yet the last allowed?
         return self._owner._attempts + 1 < self._owner.policy.max_attempts
@@ -137,6 +159,19 @@ class _LifecycleMachine(StateMachine):
     def start_new_cycle(self) -> None:
         self.reset_attempts()
         self._owner._reconnect_after_close = False
+
+    def retry_now(self) -> None:
+        self._owner._effects.append(HangUp(graceful=False))  # cancel the back-off timer
+        self.start_new_cycle()
+
+    def stop_on_bad_draw(self) -> None:
+        owner = self._owner
+        problem = owner._draw_problem
+        owner._close_reason = CloseReason.ERROR
+        owner.last_cause = ValueError(problem)
+        from fsm.lifecycle import _log
+
+        _log.error("rng_draw_invalid", problem=problem, attempt=owner._attempts)
 
     def request_reconnect(self) -> None:
         self._owner._reconnect_after_close = True
@@ -152,8 +187,20 @@ class _LifecycleMachine(StateMachine):
         owner._attempts = 0
         owner._waits = 0
 
-    def flush_edits(self) -> None:
-        self._owner._effects.append(Flush(self._owner.buffer.take_flush()))
+    def flush_edits(self, seq: int | None = 0, max_frame_size: int | None = None) -> None:
+        owner = self._owner
+        buffer = owner.buffer
+        buffer.ready(seq, max_frame_size)
+        batch = buffer.take_flush()
+        owner._effects.append(Flush(batch))
+        if batch.undeliverable:
+            from fsm.lifecycle import _log
+
+            _log.warning(
+                "edits_undeliverable",
+                cells=list(batch.undeliverable),
+                max_frame_size=buffer.max_frame_size,
+            )
 
     def abandon_attempt(self) -> None:
         self._owner._effects.append(HangUp(graceful=False))
@@ -163,16 +210,38 @@ class _LifecycleMachine(StateMachine):
 
     def on_enter_dialing(self) -> None:
         owner = self._owner
-        owner._effects.append(Dial(owner._attempts + 1, owner.policy.connect_timeout))
+        policy = owner.policy
+        owner._effects.append(Dial(owner._attempts + 1, policy.connect_timeout))
+        # The jitter of the wait that may follow this attempt is drawn now and checked,
+        # so that the guards of fail and drop can say whether it is usable.
+        problem = None
+        draw: object = 0.0
+        if policy.jitter:
+            try:
+                draw = owner._rng.random()
+            except Exception as exc:
+                problem = f"rng.random() raised {type(exc).__name__}: {exc}"
+            else:
+                problem = check_draw(draw)
+        owner._draw = draw if problem is None else 0.0  # type: ignore[assignment]
+        owner._draw_problem = problem
 
-    def on_enter_backing_off(self) -> None:
-        # The n-th wait since the cycle started, or since a connection that stayed up
-        # was lost, takes the n-th delay of the schedule: after such a drop the count of
-        # failed attempts restarts at 0 but the waits still grow, which spreads out a
-        # crowd of clients that all lost the same server.
+    def on_enter_backing_off(
+        self, event: str, retry_after: float | None = None, deferred_for: float = 0.0
+    ) -> None:
         owner = self._owner
-        owner._waits += 1
-        owner._delay = owner.policy.backoff(owner._waits, owner._rng)
+        if event == "defer":
+            # Exactly the driver's delay; not a failure, so the schedule does not advance.
+            owner._delay = deferred_for
+        else:
+            # The n-th wait since the cycle started, or since a connection that stayed up
+            # was lost, takes the n-th delay of the schedule: after such a drop the count
+            # of failed attempts restarts at 0 but the waits still grow, which spreads out
+            # a crowd of clients that all lost the same server.
+            owner._waits += 1
+            policy = owner.policy
+            wait = policy.jittered(owner._waits, owner._draw)
+            owner._delay = policy.honour_retry_after(wait, retry_after)
         owner._effects.append(Backoff(owner._attempts, owner._delay))
 
     def on_exit_open(self) -> None:
@@ -180,7 +249,9 @@ class _LifecycleMachine(StateMachine):
         self._owner.buffer.requeue()
 
     def on_enter_closed(self, event: str) -> None:
-        self._owner._close_reason = _REASON_BY_EVENT[event]
+        owner = self._owner
+        if owner._close_reason is None:  # stop_on_bad_draw may have said ERROR already
+            owner._close_reason = _REASON_BY_EVENT[event]
 
     def on_exit_closed(self) -> None:
         self._owner._close_reason = None

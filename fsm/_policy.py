@@ -44,6 +44,12 @@ class RetryPolicy:
         partysocket's value: a connection that stays OPEN this long resets the attempt
         count when it is lost; one dropped sooner counts as a failed attempt, so a
         server that accepts and drops at once still ends in ``GAVE_UP``.
+    ``max_retry_after = 120.0``
+        The longest wait a server's ``Retry-After`` (on a 408, 429 or 5xx handshake) may
+        impose: the wait after such a failure is ``max(schedule delay, min(retry_after,
+        max_retry_after))``. A server's request is honoured, but a misconfigured one
+        (``Retry-After: 86400``) cannot park a client for a day; 120 s is gRPC's cap. A
+        person can always cut the wait short with ``connect()``.
 
     Invalid values raise :class:`ValueError` naming the field.
     """
@@ -55,6 +61,7 @@ class RetryPolicy:
     jitter: float = 1.0
     connect_timeout: float = 10.0
     min_uptime: float = 5.0
+    max_retry_after: float = 120.0
 
     def __post_init__(self) -> None:
         for field in fields(self):
@@ -69,7 +76,8 @@ class RetryPolicy:
             raise ValueError(
                 f"RetryPolicy.max_attempts must be an integer >= 1, got {self.max_attempts!r}"
             )
-        for name in ("initial_delay", "max_delay", "connect_timeout", "min_uptime"):
+        for name in ("initial_delay", "max_delay", "connect_timeout", "min_uptime",
+                     "max_retry_after"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"RetryPolicy.{name} must be > 0, got {getattr(self, name)!r}")
         if self.multiplier < 1:
@@ -93,11 +101,28 @@ class RetryPolicy:
         return min(self.max_delay, self.initial_delay * growth)
 
     def backoff(self, failures: int, rng: random.Random | None) -> float:
-        """The wait after the ``failures``-th failed attempt, jittered by ``rng`` if given."""
-        nominal = self.nominal_delay(failures)
+        """The wait after the ``failures``-th failed attempt, jittered by ``rng`` if given.
+
+        Raises :class:`ValueError` when ``rng.random()`` gives anything but a number in
+        [0, 1) (see :func:`check_draw`).
+        """
         if rng is None or self.jitter == 0:
-            return nominal
-        return nominal * (1 - self.jitter * rng.random())
+            return self.nominal_delay(failures)
+        draw = rng.random()
+        problem = check_draw(draw)
+        if problem is not None:
+            raise ValueError(problem)
+        return self.jittered(failures, draw)
+
+    def jittered(self, failures: int, draw: float) -> float:
+        """The wait after the ``failures``-th failed attempt for a uniform ``draw`` in [0, 1)."""
+        return self.nominal_delay(failures) * (1 - self.jitter * draw)
+
+    def honour_retry_after(self, delay: float, retry_after: float | None) -> float:
+        """A scheduled ``delay`` raised to a server's ``Retry-After`` (at most max_retry_after)."""
+        if retry_after is None:
+            return delay
+        return max(delay, min(retry_after, self.max_retry_after))
 
     def delays(self, rng: random.Random | None = None) -> list[float]:
         """The waits of one full cycle: one after each failed attempt but the last.
@@ -105,3 +130,15 @@ class RetryPolicy:
         Pure: without ``rng`` the nominal schedule, with it a jittered one drawn from it.
         """
         return [self.backoff(n, rng) for n in range(1, self.max_attempts)]
+
+
+def check_draw(draw: object) -> str | None:
+    """None if ``draw`` is a usable jitter draw (a real number in [0, 1)), else what is wrong.
+
+    An injected ``rng`` cannot be checked when it is passed in without drawing from it,
+    so each draw is checked instead: ``random()`` returning ``2.0`` or ``nan`` would
+    otherwise make a negative or NaN wait.
+    """
+    if isinstance(draw, bool) or not isinstance(draw, int | float) or not 0 <= draw < 1:
+        return f"rng.random() returned {draw!r}; it must return a float in [0, 1)"
+    return None

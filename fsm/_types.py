@@ -31,6 +31,10 @@ class CloseReason(enum.StrEnum):
     GAVE_UP = "GAVE_UP"  #: max_attempts failed attempts in one cycle
     REJECTED = "REJECTED"  #: the server refused for good (401/403, 1008, 3000-3999)
     SHUTDOWN = "SHUTDOWN"  #: the server announced its shutdown (1000 "SHUTDOWN")
+    #: the cycle could not go on because of a fault in the client, not the server: an
+    #: injected ``rng`` whose ``random()`` gave a value outside [0, 1) (``last_cause``
+    #: says which); ``request()`` does not heal it, ``connect()`` tries again
+    ERROR = "ERROR"
 
 
 class Transition(Value):

@@ -425,31 +425,58 @@ class ConnectionLifecycle:
 
     # -- internals ------------------------------------------------------------------------
 
+    # The engine's configuration (a state value, or a tuple of them in CONNECTING); a
+    # class attribute until the first transition, so an idle lifecycle stores nothing.
+    _config: Any = "NOT_STARTED"
+
     def _engine(self) -> _LifecycleMachine:
+        # A per-instance engine, built on demand for inspection and tests: once built,
+        # this lifecycle's events go through it (plain python-statemachine, no cache).
         if self._machine is None:
+            from fsm._engine import config_value
             from fsm._machine import _LifecycleMachine
 
-            self._machine = _LifecycleMachine(self)
+            machine = _LifecycleMachine(self)
+            machine.current_state_value = config_value(self._config)
+            self._machine = machine
         return self._machine
+
+    def _decide(self, event: str, kwargs: dict[str, Any]) -> Any:
+        """The engine's decision for ``event``: the new configuration, or a Refusal."""
+        machine = self._machine
+        if machine is None:
+            decisions = _DECISIONS[0] if _DECISIONS else _load_decisions()
+            if decisions is not None:
+                return decisions.decide(self, self._config, event, kwargs)
+            machine = self._engine()
+        from fsm._engine import Refusal, config_key, config_value, lock
+
+        with lock():
+            if config_key(machine.current_state_value) != self._config:
+                machine.current_state_value = config_value(self._config)
+            try:
+                machine.send(event, **kwargs)
+            except TransitionNotAllowed:
+                return Refusal([e.id for e in machine.allowed_events])
+            return config_key(machine.current_state_value)
 
     def _send(self, event: str, *, cause: BaseException | str | None = None, **kwargs: Any) -> (
         list[Effect]
     ):
-        machine = self._engine()
         previous_cause = self.last_cause
         if cause is not None:
             self.last_cause = cause  # set first, so that observers see it
         source = self._state
-        try:
-            machine.send(event, **kwargs)
-        except TransitionNotAllowed:
+        outcome = self._decide(event, kwargs)
+        if type(outcome) is not str and type(outcome) is not tuple:
+            # Refused (the engine raised TransitionNotAllowed): nothing changed.
             self._effects.clear()
             self.last_cause = previous_cause
-            allowed = [e.id for e in machine.allowed_events]
-            raise InvalidTransition(event, self._state, allowed) from None
-        # A StateMachine raises TransitionNotAllowed when no transition is taken, so
-        # exactly one was: read where it led, instead of a per-transition engine hook.
-        target, phase = _state_of(machine.current_state_value)
+            raise InvalidTransition(event, self._state, outcome.allowed)
+        # A StateMachine refuses an event that takes no transition, so exactly one was
+        # taken: its outcome is where it led, with no per-transition engine hook.
+        self._config = outcome
+        target, phase = _state_of(outcome)
         self._state = target
         self._phase = phase
         effects, self._effects = self._effects, []
@@ -504,3 +531,18 @@ def _state_of(value: Any) -> tuple[ConnState, Phase | None]:
     if type(value) is str:
         return _STATE_BY_VALUE[value]
     return _BACKING_OFF_STATE if "BACKING_OFF" in value else _DIALING_STATE
+
+
+# The shared engine and decision cache of _LifecycleMachine (fsm._engine), loaded on the
+# first event: [cache], or [None] when the machine needs one engine per lifecycle.
+_DECISIONS: list[Any] = []
+
+
+def _load_decisions() -> Any:
+    from fsm._engine import cache_for
+    from fsm._machine import _LifecycleMachine
+
+    if not _DECISIONS:
+        placeholder = ConnectionLifecycle(log_transitions=False)
+        _DECISIONS.append(cache_for(_LifecycleMachine, placeholder))
+    return _DECISIONS[0]

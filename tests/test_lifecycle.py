@@ -47,6 +47,8 @@ def fire(lc: ConnectionLifecycle, event: str) -> list[Effect]:
     """Send ``event`` through its public method (``drop`` after a short uptime)."""
     if event == "drop":
         return lc.drop(uptime=0.0)
+    if event == "defer":
+        return lc.defer(1.0)
     method: Callable[[], list[Effect]] = getattr(lc, event)
     return method()
 
@@ -116,17 +118,19 @@ BUILDERS: dict[str, Callable[[], ConnectionLifecycle]] = {
     "CLOSED_SHUTDOWN": closed_shutdown,
 }
 
-# The events each situation accepts (request in CLOSING/CLOSED raises NotConnected instead).
+# The events each situation accepts (request in CLOSING and some CLOSED raises NotConnected
+# instead; retry is accepted everywhere: outside BACKING_OFF, from a cancelled timer, a no-op).
 VALID: dict[str, set[str]] = {
-    "NOT_STARTED": {"connect", "request", "close"},
-    "DIALING": {"connect", "request", "ready", "fail", "reject", "shutdown", "close"},
+    "NOT_STARTED": {"connect", "request", "close", "retry"},
+    "DIALING": {"connect", "request", "ready", "fail", "defer", "reject", "shutdown", "close",
+                "retry"},
     "BACKING_OFF": {"connect", "request", "retry", "close"},
-    "OPEN": {"connect", "request", "drop", "reject", "shutdown", "close"},
-    "CLOSING": {"connect", "close", "close_finished", "request"},
-    "CLOSED_USER": {"connect", "close", "request"},
-    "CLOSED_GAVE_UP": {"connect", "close", "request"},
-    "CLOSED_REJECTED": {"connect", "close", "request"},
-    "CLOSED_SHUTDOWN": {"connect", "close", "request"},
+    "OPEN": {"connect", "request", "drop", "reject", "shutdown", "close", "retry"},
+    "CLOSING": {"connect", "close", "close_finished", "request", "retry"},
+    "CLOSED_USER": {"connect", "close", "request", "retry"},
+    "CLOSED_GAVE_UP": {"connect", "close", "request", "retry"},
+    "CLOSED_REJECTED": {"connect", "close", "request", "retry"},
+    "CLOSED_SHUTDOWN": {"connect", "close", "request", "retry"},
 }
 
 INVALID = [(name, event) for name in BUILDERS for event in EVENTS if event not in VALID[name]]
@@ -265,9 +269,9 @@ def test_ready_enters_open_with_exactly_one_flush() -> None:
 
 # Regression: an internal self-transition on the compound CONNECTING re-enters
 # its initial substate, so connect/request while CONNECTING dials again.
-@pytest.mark.parametrize("name", ["DIALING", "BACKING_OFF", "OPEN"])
-def test_connect_while_connecting_or_open_is_a_no_op(name: str) -> None:
-    """connect while CONNECTING (either phase) or OPEN returns no effects and changes nothing."""
+@pytest.mark.parametrize("name", ["DIALING", "OPEN"])
+def test_connect_while_dialing_or_open_is_a_no_op(name: str) -> None:
+    """connect while DIALING or OPEN returns no effects and changes nothing."""
     lc = BUILDERS[name]()
     before = snapshot(lc)
     assert lc.connect() == []
@@ -276,12 +280,52 @@ def test_connect_while_connecting_or_open_is_a_no_op(name: str) -> None:
 
 # Regression: an internal self-transition on the compound CONNECTING re-enters
 # its initial substate, so connect/request while CONNECTING dials again.
-def test_connect_while_backing_off_keeps_the_timer() -> None:
-    """After a no-op connect in BACKING_OFF the pending timer's retry still dials attempt 2."""
+def test_connect_while_backing_off_retries_now_in_a_new_cycle() -> None:
+    """connect in BACKING_OFF abandons the timer and dials attempt 1 of a new cycle at once."""
+    lc = make(max_attempts=5)
+    lc.connect()
+    lc.fail()
+    lc.retry()
+    lc.fail()
+    assert (lc.phase, lc.attempts) == (Phase.BACKING_OFF, 2)
+    effects = lc.connect()
+    assert effects == [HangUp(graceful=False), Dial(attempt=1, timeout=lc.policy.connect_timeout)]
+    assert (lc.state, lc.phase, lc.attempts) == (ConnState.CONNECTING, Phase.DIALING, 0)
+
+
+def test_a_retry_from_the_cancelled_timer_is_a_no_op() -> None:
+    """After a retry-now, the old timer firing anyway returns [] and leaves the attempt alone."""
     lc = backing_off()
     lc.connect()
-    assert lc.retry() == [Dial(attempt=2, timeout=lc.policy.connect_timeout)]
-    assert lc.phase is Phase.DIALING
+    before = snapshot(lc)
+    assert lc.retry() == []
+    assert snapshot(lc) == before
+    assert [type(e) for e in lc.fail()] == [Backoff]
+    assert lc.attempts == 1
+
+
+@pytest.mark.parametrize("name", [n for n in BUILDERS if n != "BACKING_OFF"])
+def test_retry_outside_backing_off_is_never_an_error(name: str) -> None:
+    """retry outside BACKING_OFF (a timer cancelled too late) returns [] and changes nothing."""
+    lc = BUILDERS[name]()
+    before = snapshot(lc)
+    assert lc.retry() == []
+    assert snapshot(lc) == before
+
+
+def test_retry_now_after_giving_up_budget_is_whole_again() -> None:
+    """After a retry-now the new cycle may fail max_attempts - 1 times before it gives up."""
+    lc = make(max_attempts=3)
+    lc.connect()
+    lc.fail()
+    lc.retry()
+    lc.fail()
+    lc.connect()  # retry now: attempts back to 0
+    for _ in range(2):
+        assert [type(e) for e in lc.fail()] == [Backoff]
+        lc.retry()
+    assert lc.fail() == []
+    assert lc.close_reason is CloseReason.GAVE_UP
 
 
 def test_connect_while_dialing_keeps_the_attempt() -> None:
@@ -317,19 +361,17 @@ def test_request_through_the_engine_equals_the_fast_path(name: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("name", "reason"),
+    ("name", "reason", "advice"),
     [
-        ("CLOSING", None),
-        ("CLOSED_USER", "USER"),
-        ("CLOSED_GAVE_UP", "GAVE_UP"),
-        ("CLOSED_REJECTED", "REJECTED"),
-        ("CLOSED_SHUTDOWN", "SHUTDOWN"),
+        ("CLOSING", None, "once the close is done"),
+        ("CLOSED_USER", "USER", "closed by the user"),
+        ("CLOSED_REJECTED", "REJECTED", "fix what it refused"),
     ],
 )
-def test_request_while_closing_or_closed_raises_not_connected(
-    name: str, reason: str | None
+def test_request_while_closing_or_closed_by_a_person_or_a_refusal_raises_not_connected(
+    name: str, reason: str | None, advice: str
 ) -> None:
-    """request in CLOSING/CLOSED raises NotConnected naming the state and connect()."""
+    """request in CLOSING, CLOSED(USER) or CLOSED(REJECTED) raises NotConnected: why, what to do."""
     lc = BUILDERS[name]()
     before = snapshot(lc)
     with pytest.raises(NotConnected) as info:
@@ -338,9 +380,44 @@ def test_request_while_closing_or_closed_raises_not_connected(
     message = str(info.value)
     assert lc.state.value in message
     assert "connect()" in message
+    assert advice in message
     if reason is not None:
-        assert reason in message
+        assert f"CLOSED({reason})" in message
+    assert isinstance(info.value.__cause__, InvalidTransition)  # the engine refused it
     assert snapshot(lc) == before
+
+
+def test_request_after_a_rejection_names_the_cause_without_secrets() -> None:
+    """The NotConnected of a rejected lifecycle quotes the last cause, tokens redacted."""
+    lc = dialing()
+    lc.reject("HTTP 403 from ws://h/ws?token=s3cret")
+    with pytest.raises(NotConnected) as info:
+        lc.request()
+    assert "HTTP 403" in str(info.value)
+    assert "s3cret" not in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["CLOSED_GAVE_UP", "CLOSED_SHUTDOWN"])
+def test_request_after_giving_up_or_a_shutdown_starts_a_new_cycle(name: str) -> None:
+    """request in CLOSED(GAVE_UP) or CLOSED(SHUTDOWN) dials attempt 1 of a new cycle."""
+    lc = BUILDERS[name]()
+    effects = lc.request()
+    assert effects == [Dial(attempt=1, timeout=lc.policy.connect_timeout)]
+    assert (lc.state, lc.phase, lc.attempts, lc.close_reason) == (
+        ConnState.CONNECTING, Phase.DIALING, 0, None,
+    )  # fmt: skip
+
+
+def test_request_while_backing_off_never_resets_the_budget() -> None:
+    """request in BACKING_OFF returns [] and keeps the failed attempts counted."""
+    lc = make(max_attempts=2)
+    lc.connect()
+    lc.fail()
+    assert lc.request() == []
+    assert lc.attempts == 1
+    lc.retry()
+    assert lc.fail() == []
+    assert lc.close_reason is CloseReason.GAVE_UP
 
 
 # -- retries and giving up -------------------------------------------------------------------
@@ -873,7 +950,7 @@ def test_acked_edits_are_not_flushed_again() -> None:
     assert lc.ack(flush1.batch.seq) is True
     lc.drop(uptime=10.0)
     lc.retry()
-    (flush2,) = lc.ready()
+    (flush2,) = lc.ready(seq=flush1.batch.seq)  # the server kept what it acknowledged
     assert isinstance(flush2, Flush)
     assert flush2.batch.codes == {}
 

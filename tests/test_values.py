@@ -8,7 +8,18 @@ import pickle
 import pytest
 
 import fsm
-from fsm import Backoff, ConnState, Dial, Flush, FlushBatch, HangUp, Phase, SendEdit, Transition
+from fsm import (
+    Backoff,
+    ConnState,
+    Dial,
+    Flush,
+    FlushBatch,
+    FlushFrame,
+    HangUp,
+    Phase,
+    SendEdit,
+    Transition,
+)
 
 SAMPLES = [
     Dial(attempt=1, timeout=10.0),
@@ -16,7 +27,9 @@ SAMPLES = [
     Flush(FlushBatch(3, {"a": "x = 1"})),
     SendEdit(seq=4, cell_id="a", code="x = 2"),
     HangUp(graceful=True),
-    FlushBatch(seq=5, codes={}),
+    FlushBatch(5, {}),
+    FlushFrame(seq=6, codes={"a": "x"}, auto_run=False),
+    FlushBatch((FlushFrame(7, {"a": "x"}, False), FlushFrame(8, {}, True)), undeliverable=("b",)),
     Transition(
         source=ConnState.OPEN,
         target=ConnState.CONNECTING,
@@ -52,7 +65,7 @@ def test_records_with_a_different_field_differ() -> None:
 
 
 @pytest.mark.parametrize(
-    "value", [v for v in SAMPLES if not isinstance(v, Flush | FlushBatch)],
+    "value", [v for v in SAMPLES if not isinstance(v, Flush | FlushBatch | FlushFrame)],
     ids=lambda v: type(v).__name__,
 )  # fmt: skip
 def test_hashable_records_hash_by_value(value: object) -> None:
@@ -115,3 +128,24 @@ def test_transition_fields_default_like_before() -> None:
     assert (change.attempt, change.delay, change.reason, change.phase, change.cause) == (
         0, None, None, None, None
     )  # fmt: skip
+
+
+def test_a_flush_batch_reads_as_one_merged_batch() -> None:
+    """FlushBatch.codes merges its frames' codes in order and FlushBatch.seq is the last frame's."""
+    frames = (FlushFrame(7, {"a": "1", "b": "2"}, False), FlushFrame(8, {"c": "3"}, True))
+    batch = FlushBatch(frames)
+    assert batch.codes == {"a": "1", "b": "2", "c": "3"}
+    assert list(batch.codes) == ["a", "b", "c"]
+    assert batch.seq == 8
+    assert pickle.loads(pickle.dumps(batch)) == batch
+
+
+def test_the_short_form_of_a_flush_batch_is_one_running_frame() -> None:
+    """FlushBatch(seq, codes) is a batch of exactly one frame with auto_run true."""
+    assert FlushBatch(3, {"a": "x"}).frames == (FlushFrame(3, {"a": "x"}, True),)
+
+
+def test_a_flush_batch_has_at_least_one_frame() -> None:
+    """A batch of no frames raises ValueError: even an empty flush is one frame."""
+    with pytest.raises(ValueError, match="at least one frame"):
+        FlushBatch(())
