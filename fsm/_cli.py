@@ -335,6 +335,7 @@ SUBCOMMANDS: list[Registrar | str] = [
     _add_schedule,
     _add_diagrams,
     _add_marimo,
+    "fsm.gateway._cli:add_gateway",
 ]
 
 

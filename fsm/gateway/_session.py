@@ -27,12 +27,12 @@ from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
-import structlog
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from fsm._errors import ConnectionFailed, LifecycleError, NotConnected, RequestFailed
 from fsm._frames import Frame, encode_frame
+from fsm._logging import get_logger
 from fsm._policy import RetryPolicy
 from fsm._redact import redact
 from fsm._types import ConnState, Phase, Transition
@@ -42,7 +42,7 @@ from fsm.protocols import KernelProtocol
 if TYPE_CHECKING:
     from fsm.gateway._server import Gateway
 
-log = structlog.get_logger("fsm.gateway")
+log = get_logger("fsm.gateway")
 
 #: What ``data.reason`` of an ``error`` frame can be, besides a CloseReason's value.
 REASON_BUSY = "busy"  # too many requests waiting for this session's upstream
