@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from fsm._buffer import EditBuffer, FlushBatch
+from fsm._buffer import EditBuffer, FlushBatch, FlushFrame
 from fsm._errors import (
     ConnectionFailed,
     EditBufferFull,
+    EditTooLarge,
     InvalidTransition,
     LifecycleError,
     NotConnected,
@@ -45,9 +46,11 @@ __all__ = [
     "Dial",
     "EditBuffer",
     "EditBufferFull",
+    "EditTooLarge",
     "Effect",
     "Flush",
     "FlushBatch",
+    "FlushFrame",
     "HangUp",
     "InvalidTransition",
     "KernelProtocol",

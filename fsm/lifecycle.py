@@ -22,16 +22,46 @@ event method (``connect()``, ``ready()``, ``fail()``, ...), and every event meth
 returns the list of **effects** the driver must now carry out:
 
 - :class:`Dial` -- start an attempt, bounded by ``timeout``; report ``ready``,
-  ``fail``, ``reject`` or ``shutdown``.
+  ``fail``, ``reject`` or ``shutdown``. Before starting it, synchronously, the driver
+  may report ``defer(delay)`` instead (a gateway sharing one upstream between many
+  sessions): the attempt is then not made, and the lifecycle backs off for exactly
+  ``delay`` without counting a failure.
 - :class:`Backoff` -- wait ``delay`` seconds, then report ``retry``.
-- :class:`Flush` -- send this batch of buffered edits (entering OPEN, exactly once).
+- :class:`Flush` -- send this batch of buffered edits (entering OPEN, exactly once):
+  its ``frames`` in order, each an ``instantiate`` frame under the server's frame
+  limit, each acknowledged on its own (see :class:`~fsm.FlushBatch`).
 - :class:`SendEdit` -- send one edit now (an edit made while OPEN).
 - :class:`HangUp` -- ``graceful``: close the socket politely, then report
   ``close_finished``; otherwise abandon whatever attempt or timer is in flight
   and report nothing about it.
 
 Entering DIALING always yields a ``Dial`` and entering BACKING_OFF always yields a
-``Backoff``, so CONNECTING is never without an attempt or a timer in flight.
+``Backoff``, so CONNECTING is never without an attempt or a timer in flight. A
+person's ``connect()`` while BACKING_OFF retries now: it returns
+``[HangUp(graceful=False), Dial(1, ...)]``, the hang-up telling the driver to cancel
+its back-off timer; a ``retry`` from a timer that was cancelled but fired anyway
+(any phase but BACKING_OFF) returns ``[]`` and changes nothing.
+
+What ``connect()`` (a person) and ``request()`` (a program's use) do, by state
+(DESIGN.md section 3; guarded transitions of the machine, so the diagram shows them):
+
+=============================  ================================  ===============================
+state                          ``connect()``                     ``request()``
+=============================  ================================  ===============================
+NOT_STARTED                    starts a cycle                    starts a cycle
+DIALING                        no-op                             no-op (waits for OPEN)
+BACKING_OFF                    retry now: a new cycle            no-op (never resets the budget)
+OPEN                           no-op                             no-op (sent)
+CLOSING                        reconnects once closed            raises NotConnected
+CLOSED(GAVE_UP, SHUTDOWN)      starts a new cycle                starts a new cycle
+CLOSED(USER, REJECTED, ERROR)  starts a new cycle                raises NotConnected (says why)
+=============================  ================================  ===============================
+
+Jitter draws are checked: ``rng.random()`` is drawn when an attempt starts (for the
+back-off that may follow it), and a value outside [0, 1) (or an exception) makes the
+cycle's next failure or drop end in ``CLOSED(ERROR)`` with ``last_cause`` saying what
+the rng returned, instead of a negative or NaN wait. The core never raises from
+inside the engine.
 
 Edits are not machine events: an engine event costs about 200 µs, an edit must
 cost a dict assignment. :meth:`ConnectionLifecycle.edit` and
@@ -49,6 +79,7 @@ pays for every callback it binds, on every instance and every event.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
@@ -155,6 +186,7 @@ EVENTS: Final = (
     "ready",
     "fail",
     "retry",
+    "defer",
     "drop",
     "reject",
     "shutdown",
@@ -298,6 +330,10 @@ class ConnectionLifecycle:
         self._delay: float | None = None
         self._close_reason: CloseReason | None = None
         self._reconnect_after_close = False
+        # The jitter draw made when the current attempt started, and what was wrong
+        # with it (None: nothing); the back-off after that attempt uses it.
+        self._draw = 0.0
+        self._draw_problem: str | None = None
         self._effects: list[Effect] = []
         #: The cause of the most recent failure, rejection or shutdown, if reported.
         self.last_cause: BaseException | str | None = None
@@ -341,6 +377,16 @@ class ConnectionLifecycle:
         return self.buffer.pending
 
     @property
+    def max_frame_size(self) -> int:
+        """The server's frame limit known now, in bytes: 1 MiB until a ``kernel-ready`` says."""
+        return self.buffer.max_frame_size
+
+    @property
+    def undeliverable(self) -> dict[str, str]:
+        """Accepted edits no frame under the current limit can carry (see EditBuffer)."""
+        return self.buffer.undeliverable
+
+    @property
     def machine(self) -> _LifecycleMachine:
         """The python-statemachine instance (built on first use); for diagrams and tests."""
         return self._engine()
@@ -348,33 +394,99 @@ class ConnectionLifecycle:
     # -- events (rare: through the engine) ---------------------------------------------
 
     def connect(self) -> list[Effect]:
-        """User action: start, or start a new cycle from CLOSED; a no-op while CONNECTING/OPEN."""
+        """User action: start; retry now while BACKING_OFF; a new cycle from CLOSED.
+
+        A no-op while DIALING or OPEN; while CLOSING, reconnects once the close is done.
+        """
         return self._send("connect")
 
     def request(self) -> list[Effect]:
-        """A request needs the connection: starts a lazy one; raises NotConnected when closed."""
+        """A use needs the connection: starts a lazy one, heals CLOSED(GAVE_UP/SHUTDOWN).
+
+        A no-op while CONNECTING or OPEN (a use never resets the attempt budget); raises
+        :class:`~fsm.NotConnected` while CLOSING and in CLOSED(USER, REJECTED, ERROR),
+        saying why and what to do.
+        """
         state = self._state
         # Fast path: the declared internal transitions in CONNECTING and OPEN do nothing.
         if state is _OPEN or state is _CONNECTING:
             return []
-        if state is _CLOSED or state is _CLOSING:
-            reason = f" ({self._close_reason.value})" if self._close_reason else ""
-            raise NotConnected(
-                f"cannot send a request while {state.value}{reason}; call connect() first"
+        try:
+            return self._send("request")
+        except InvalidTransition as exc:
+            raise NotConnected(self._refusal()) from exc
+
+    def _refusal(self) -> str:
+        """Why a request cannot be served now, and what to do."""
+        if self._state is _CLOSING:
+            return (
+                "cannot send a request while CLOSING: the connection is being closed;"
+                " call connect() to reconnect once the close is done"
             )
-        return self._send("request")
+        reason = self._close_reason
+        cause = ""
+        if self.last_cause is not None and reason is not CloseReason.USER:
+            from fsm._redact import describe, redact
 
-    def ready(self) -> list[Effect]:
-        """The attempt succeeded: the server sent its ready frame."""
-        return self._send("ready")
+            cause = f"; last cause: {redact(describe(self.last_cause))}"
+        if reason is CloseReason.REJECTED:
+            return (
+                f"cannot send a request: the server rejected the connection (CLOSED(REJECTED))"
+                f"{cause}; a request does not ask a server that said no again: fix what it"
+                f" refused (credentials, URL, notebook), then call connect()"
+            )
+        if reason is CloseReason.ERROR:
+            return (
+                f"cannot send a request: the connection cycle stopped on an error in the"
+                f" client (CLOSED(ERROR)){cause}; fix it, then call connect()"
+            )
+        what = reason.value if reason is not None else self._state.value
+        return (
+            f"cannot send a request: the connection was closed by the user (CLOSED({what}));"
+            f" call connect() to open it again"
+        )
 
-    def fail(self, cause: BaseException | str | None = None) -> list[Effect]:
-        """The attempt failed in a way worth retrying (refused, time-out, 5xx, reset)."""
-        return self._send("fail", cause=cause)
+    def ready(self, seq: int | None = 0, max_frame_size: int | None = None) -> list[Effect]:
+        """The attempt succeeded: the server sent ``kernel-ready``; flush the buffered edits.
+
+        ``seq`` is kernel-ready's seq (the highest the server received for this session:
+        new frames are numbered above it; one below what this client saw acknowledged
+        means the server lost its state, and the flush carries every cell edited);
+        ``max_frame_size`` its frame limit in bytes (None: 1 MiB). ``seq=None`` is for a
+        peer that has no seqs (marimo): no loss of state can then be detected. Values no
+        server sends raise ValueError before anything changes.
+        """
+        EditBuffer.check_ready(seq, max_frame_size)
+        return self._send("ready", seq=seq, max_frame_size=max_frame_size)
+
+    def fail(
+        self, cause: BaseException | str | None = None, *, retry_after: float | None = None
+    ) -> list[Effect]:
+        """The attempt failed in a way worth retrying (refused, time-out, 408/429/5xx, reset).
+
+        ``retry_after`` (seconds, a server's ``Retry-After``) raises the wait that follows
+        to at least that much, capped at ``policy.max_retry_after``.
+        """
+        if retry_after is not None:
+            _check_seconds("retry_after", retry_after)
+        return self._send("fail", cause=cause, retry_after=retry_after)
 
     def retry(self) -> list[Effect]:
-        """The back-off timer fired."""
+        """The back-off timer fired; outside BACKING_OFF (a cancelled timer) a no-op: ``[]``."""
+        if self._phase is not _BACKING_OFF:
+            return []
         return self._send("retry")
+
+    def defer(self, delay: float) -> list[Effect]:
+        """Put off the attempt just dialed: back off for exactly ``delay`` s, no failure counted.
+
+        For a driver that, on receiving :class:`Dial`, decides synchronously not to start
+        the attempt yet (a gateway sharing one upstream). Returns
+        ``[Backoff(attempts, delay)]``; a ``connect()`` meanwhile is a person's retry-now.
+        """
+        _check_seconds("delay", delay)
+        # Not ``delay=``: python-statemachine's send() takes that for a delayed event.
+        return self._send("defer", deferred_for=delay)
 
     def drop(self, uptime: float, cause: BaseException | str | None = None) -> list[Effect]:
         """An OPEN connection was lost after ``uptime`` seconds."""
@@ -513,6 +625,11 @@ class ConnectionLifecycle:
                 # The transition has happened and its effects must reach the driver:
                 # a failing observer is logged, never allowed to break the lifecycle.
                 _log.exception("observer_failed", observer=repr(observer))
+
+
+def _check_seconds(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < math.inf:
+        raise ValueError(f"{name} must be a finite number of seconds >= 0, got {value!r}")
 
 
 # The public state and phase each engine state value stands for. In CONNECTING the
