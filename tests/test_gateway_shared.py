@@ -7,14 +7,20 @@ in-memory streams on ``MockClock``, whose upstream goes away and comes back.
 
 from __future__ import annotations
 
+import contextlib
 import random
 
 import pytest
+import trio
+import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 
 import fsm
+from fsm import ConnState
+from fsm.connector import Connector, StreamOpener
 from fsm.gateway._shared import GatePolicy, UpstreamGate
+from fsm.server import KernelServer
 
 PACE = GatePolicy(max_in_flight=4, rate=100.0)
 SPACING = 1 / PACE.rate
@@ -219,3 +225,148 @@ def test_default_probe_schedule_is_short_and_never_gives_up() -> None:
     assert probe.nominal_delay(50) == 5.0
     assert probe.max_attempts > 10**6
     assert isinstance(probe, fsm.RetryPolicy)
+
+
+# -- a fleet of connectors sharing one gate, on virtual time ----------------------------
+
+FLEET = 200
+OUTAGE = 30.0
+FLEET_GATE = GatePolicy(max_in_flight=8, rate=1000.0)
+
+
+class Upstream:
+    """One reference server behind in-memory streams, and a switch that makes it a dead
+    host (every connect refused); every dial is recorded as (time, session id)."""
+
+    def __init__(self, nursery: trio.Nursery, gate: UpstreamGate) -> None:
+        self.server = KernelServer(handshake_timeout=30.0)
+        self.nursery = nursery
+        self.gate = gate
+        self.down = False
+        self.dials: list[tuple[float, str]] = []
+        self.max_in_flight = 0
+
+    def opener(self, session_id: str) -> StreamOpener:
+        async def open_stream(host: str, port: int, secure: bool) -> trio.abc.Stream:
+            self.dials.append((trio.current_time(), session_id))
+            self.max_in_flight = max(self.max_in_flight, self.gate.in_flight)
+            await trio.lowlevel.checkpoint()
+            if self.down:
+                raise ConnectionRefusedError(111, "Connection refused (simulated dead host)")
+            client, server_side = trio.testing.memory_stream_pair()
+            self.nursery.start_soon(self.server.handle_stream, server_side)
+            return client
+
+        return open_stream
+
+
+def test_fleet_behind_one_gate_rides_out_an_outage() -> None:
+    """200 sessions behind one gate lose their upstream for 30 virtual seconds: dials in
+    flight never exceed the bound, the dead host sees about one probe per shared back-off,
+    every deferral is an honest BACKING_OFF (same instant as the DIALING it replaces, no
+    failure counted), a person's Connect dials next, and afterwards every session is
+    OPEN with every edit the server's."""
+    latest: dict[str, str] = {}
+    defers: list[tuple[str, float, int]] = []
+    deferred_at_dialing_time: list[bool] = []
+
+    async def main() -> None:
+        gate = UpstreamGate(FLEET_GATE, random.Random(7))
+        async with trio.open_nursery() as nursery:
+            upstream = Upstream(nursery, gate)
+            async with contextlib.AsyncExitStack() as stack:
+                conns = []
+                for i in range(FLEET):
+                    sid = f"fleet-{i}"
+                    conn = await stack.enter_async_context(
+                        fsm.open_connector(
+                            "ws://kernel.invalid/ws", session_id=sid, rng=random.Random(i),
+                            heartbeat_interval=None, open_stream=upstream.opener(sid),
+                            dial_gate=gate,
+                        )
+                    )
+                    watch(conn)
+                    conns.append(conn)
+                    conn.edit(f"{sid}-c", "x = 0")
+                    latest[f"{sid}-c"] = "x = 0"
+                with trio.fail_after(60):
+                    async with trio.open_nursery() as starting:
+                        for conn in conns:
+                            starting.start_soon(conn.request, "run", {"cell_id": "none"})
+                    for conn in conns:
+                        await conn.wait_acked()
+                assert upstream.max_in_flight <= FLEET_GATE.max_in_flight
+                await trio.sleep(10)  # longer than min_uptime: the drop resets attempts
+
+                upstream.down = True
+                t_down = trio.current_time()
+                await upstream.server.drop_all()
+                await trio.sleep(OUTAGE / 2)
+                for i, conn in enumerate(conns):  # edits while the upstream is away
+                    conn.edit(f"fleet-{i}-c", f"x = {i}")
+                    latest[f"fleet-{i}-c"] = f"x = {i}"
+                assert all(c.state is ConnState.CONNECTING for c in conns)
+
+                # A person's Connect on a session the gate is holding back dials next.
+                person = next(c for c in conns if c.phase is fsm.Phase.BACKING_OFF)
+                dials_before = len(upstream.dials)
+                nursery.start_soon(person.connect)
+                await trio.testing.wait_all_tasks_blocked()
+                assert upstream.dials[dials_before][1] == person.session_id
+                assert person.state is ConnState.CONNECTING  # failed: the host is down
+
+                await trio.sleep_until(t_down + OUTAGE)
+                outage_dials = [t for t, _ in upstream.dials if t_down <= t < t_down + OUTAGE]
+                upstream.down = False
+                t_up = trio.current_time()
+                with trio.fail_after(120):
+                    for conn in conns:
+                        await conn.wait_acked()
+                recovery = trio.current_time() - t_up
+
+                # Alone, each of 200 sessions retries about 9 times in 30 s; behind the
+                # gate the dead host sees the first burst and about one probe per
+                # shared back-off (0.5 s growing to 5 s), plus the person's Connect.
+                probes = 1 + sum(
+                    1 for n in range(1, 100)
+                    if sum(FLEET_GATE.probe.nominal_delay(k) * 0.8 for k in range(1, n)) < OUTAGE
+                )
+                assert len(outage_dials) <= FLEET_GATE.max_in_flight + probes + 1, outage_dials
+                assert upstream.max_in_flight <= FLEET_GATE.max_in_flight
+                assert all(c.state is ConnState.OPEN and not c.pending_edits for c in conns)
+                assert all(c.close_reason is None for c in conns)
+                for cell, code in latest.items():
+                    assert upstream.server.cells.get(cell) == code, cell
+                # Back within a probe's cap and one pass of the pace.
+                assert recovery <= FLEET_GATE.probe.max_delay + FLEET / FLEET_GATE.rate + 1
+                print(f"fleet: {len(outage_dials)} dials in the {OUTAGE:g} s outage, "
+                      f"{len(defers)} deferrals, all OPEN {recovery:.2f} s after the return")
+            nursery.cancel_scope.cancel()
+
+    def watch(conn: Connector) -> None:
+        last: list[tuple[float, fsm.Transition] | None] = [None]
+
+        def observe(change: fsm.Transition) -> None:
+            now = trio.current_time()
+            if change.event == "defer":
+                assert change.delay is not None and change.delay > 0
+                assert change.phase is fsm.Phase.BACKING_OFF
+                defers.append((conn.session_id, change.delay, change.attempt))
+                # The DIALING it replaces began at this very instant, and no attempt
+                # (link) was started for it; the failed-attempt count did not move.
+                previous = last[0]
+                assert previous is not None
+                entered_at, entered = previous
+                deferred_at_dialing_time.append(
+                    entered_at == now
+                    and entered.phase is fsm.Phase.DIALING
+                    and entered.attempt == change.attempt
+                    and conn._link is None
+                )
+            last[0] = (now, change)
+
+        conn.lifecycle.observers.append(observe)
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert len(defers) > FLEET  # the gate held sessions back, during the outage above all
+    assert all(deferred_at_dialing_time)
