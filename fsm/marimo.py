@@ -568,16 +568,23 @@ async def _run_command(args: argparse.Namespace) -> int:
         messages = conn.messages()
         for cell_id, code in edits:
             conn.edit(cell_id, code)
-        try:
-            await conn.connect()
-        except ConnectionFailed as exc:
-            cause = f" (last cause: {redact(describe(exc.cause))})" if exc.cause else ""
-            if exc.reason is CloseReason.GAVE_UP:
+        changes = conn.transitions()
+        failure: ConnectionFailed | None = None
+        async with trio.open_nursery() as watch:
+            watch.start_soon(_announce_retries, changes, where, policy)
+            try:
+                await conn.connect()
+            except ConnectionFailed as exc:
+                failure = exc
+            watch.cancel_scope.cancel()
+        if failure is not None:
+            cause = f" (last cause: {redact(describe(failure.cause))})" if failure.cause else ""
+            if failure.reason is CloseReason.GAVE_UP:
                 raise _CommandError(
-                    f"could not reach marimo at {where}: gave up after {exc.attempts} "
-                    f"attempt{'s' if exc.attempts != 1 else ''}{cause}"
+                    f"could not reach marimo at {where}: gave up after {failure.attempts} "
+                    f"attempt{'s' if failure.attempts != 1 else ''}{cause}"
                 ) from None
-            if exc.reason is CloseReason.REJECTED:
+            if failure.reason is CloseReason.REJECTED:
                 raise _CommandError(f"marimo at {where} refused the connection{cause}") from None
             raise _CommandError(f"marimo at {where} closed the connection{cause}") from None
 
@@ -612,6 +619,24 @@ async def _run_command(args: argparse.Namespace) -> int:
                 f"the connection to marimo at {where} closed before the run completed"
             )
         return 0
+
+
+async def _announce_retries(changes: Any, where: str, policy: Any) -> None:
+    """Say once, at the first failed attempt, that the command keeps trying and how long."""
+    import sys
+
+    async for change in changes:
+        if change.attempt >= 1 and change.delay is not None:
+            waits = sum(policy.delays())
+            print(
+                f"fsm marimo: cannot reach marimo at {where} yet ({change.cause}); retrying "
+                f"up to {policy.max_attempts} attempts, for about {waits:.0f} s of waits plus "
+                f"at most {policy.connect_timeout:g} s per attempt (--max-attempts sets the "
+                f"limit; Ctrl-C stops)",
+                file=sys.stderr,
+                flush=True,
+            )
+            return
 
 
 async def _print_outputs(messages: Any, *, json_lines: bool) -> str:
