@@ -7,5 +7,6 @@
 from __future__ import annotations
 
 from fsm.gateway._server import Gateway
+from fsm.gateway._shared import GatePolicy, UpstreamGate
 
-__all__ = ["Gateway"]
+__all__ = ["GatePolicy", "Gateway", "UpstreamGate"]

@@ -32,6 +32,7 @@ from fsm.gateway._session import (
     error_frame,
     log,
 )
+from fsm.gateway._shared import GatePolicy, UpstreamGate
 from fsm.protocols import KernelProtocol, ReferenceProtocol, normalise_url
 
 #: The longest client session id accepted (the page's are 32 hex digits).
@@ -66,7 +67,11 @@ class Gateway:
     (1013 when full); ``replay_limit`` bounds the upstream messages kept for a reattach;
     ``max_requests`` bounds the requests of one session waiting for the upstream
     (``busy`` past it). ``open_stream`` opens the upstream byte streams (tests and
-    benchmarks pass in-memory ones). Serve it with ``await nursery.start(gw.serve)``.
+    benchmarks pass in-memory ones). ``upstream_gate`` is how the sessions share their
+    upstream (:class:`~fsm.gateway.UpstreamGate`: bounded, paced dials, one probe while it
+    fails): ``True`` the default :class:`~fsm.gateway.GatePolicy`, a ``GatePolicy``, or
+    ``False`` (every session dials on its own). Serve it with
+    ``await nursery.start(gw.serve)``.
     """
 
     def __init__(
@@ -87,8 +92,17 @@ class Gateway:
         handshake_timeout: float = 10.0,
         heartbeat_interval: float | None = 20.0,
         open_stream: StreamOpener | None = None,
+        upstream_gate: GatePolicy | bool = True,
     ) -> None:
         self.upstream = normalise_url(upstream)
+        if isinstance(upstream_gate, GatePolicy):
+            self.gate: UpstreamGate | None = UpstreamGate(upstream_gate)
+        elif isinstance(upstream_gate, bool):
+            self.gate = UpstreamGate() if upstream_gate else None
+        else:
+            raise TypeError(
+                f"upstream_gate must be a GatePolicy or a bool, got {type(upstream_gate).__name__}"
+            )
         if token is not None and (not isinstance(token, str) or not token):
             raise ValueError("token must be a non-empty string or None")
         if policy is not None and not isinstance(policy, RetryPolicy):
@@ -255,7 +269,9 @@ class Gateway:
             if self._shared is not None:
                 upstream = self._shared
             else:
-                upstream = Upstream(self, session_id, ReferenceProtocol(self._upstream_token))
+                upstream = Upstream(
+                    self, session_id, ReferenceProtocol(self._upstream_token), self.gate
+                )
             session = Session(self, session_id, upstream)
             self.sessions[session_id] = session
             self._detached[session_id] = session  # until its client attaches
