@@ -28,15 +28,20 @@ nursery holds no task, no socket and no timer until then (lazy by default).
 
 from __future__ import annotations
 
+import collections
+import functools
 import math
 import random
 import secrets
 import ssl
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any, Final, Protocol
+from http import HTTPStatus
+from typing import Any, Final, Generic, Protocol, TypeVar
 from urllib.parse import urlsplit
 
+import sniffio
 import trio
 import trio_websocket
 
@@ -68,12 +73,14 @@ from fsm.protocols import (
     ReferenceProtocol,
     Verdict,
     normalise_url,
+    retry_after_seconds,
 )
 
 __all__ = [
     "Connector",
     "DialGate",
     "Link",
+    "MessageStream",
     "StreamOpener",
     "TransitionStream",
     "open_connector",
@@ -135,9 +142,11 @@ class Link:
         self.unsent_posted = False  # a _SEND_UNSENT is in the outbox
         self.abandoned = False
         self.closing = False
+        #: Seconds a refused handshake's ``Retry-After`` asked to wait, if it did.
+        self.retry_after: float | None = None
         self.gated = False  # admitted by a dial gate that has not heard how it ended
         # How the link ended: (lifecycle event, cause); the first cause recorded wins.
-        self.end: tuple[str, str] | None = None
+        self.end: tuple[str, BaseException | str] | None = None
 
     async def send_frame(self, op: str, data: Any) -> None:
         """Send one protocol frame on this link's WebSocket."""
@@ -161,7 +170,7 @@ class Link:
             return False
         return True
 
-    def set_end(self, event: str, cause: str) -> None:
+    def set_end(self, event: str, cause: BaseException | str) -> None:
         if self.end is None:
             self.end = (event, cause)
 
@@ -170,35 +179,132 @@ class Link:
         """Whether the link already ended in a retryable loss (``fail`` or ``drop``)."""
         return self.end is not None and self.end[0] in ("fail", "drop")
 
-    def lost(self, cause: str) -> None:
+    def lost(self, cause: BaseException | str) -> None:
         """The link failed in a retryable way: ``fail`` while dialing, ``drop`` once open."""
         self.set_end("fail" if self.opened_at is None else "drop", cause)
 
 
-class TransitionStream:
-    """An async iterator of :class:`~fsm.Transition` records, from its creation on."""
+_T = TypeVar("_T")
 
-    def __init__(self, connector: Connector) -> None:
-        self._connector = connector
-        self._send, self._receive = trio.open_memory_channel[Transition](math.inf)
-        connector._subscribers.add(self._send)
-        if not connector._running:
-            self._send.close()
 
-    def __aiter__(self) -> TransitionStream:
+class _Feed(Generic[_T]):
+    """A bounded, weakly held subscription: what a consumer has not read yet.
+
+    The connector holds its feeds in a ``WeakSet``, so a feed the application dropped
+    (an ``async for`` left by ``break``, a cancelled task) is freed with its buffer and
+    stops receiving at once; a feed still referenced but not read holds at most
+    ``maxlen`` items. Pushing never blocks and never waits for a consumer.
+    """
+
+    def __init__(self, maxlen: int, *, drop_oldest: bool) -> None:
+        self._buffer: collections.deque[_T] = collections.deque()
+        self._maxlen = maxlen
+        self._drop_oldest = drop_oldest
+        self._closed = False
+        self._wakeup: trio.Event | None = None
+        #: Items this stream lost because its consumer fell ``maxlen`` items behind.
+        self.dropped = 0
+
+    def __len__(self) -> int:
+        """How many items are buffered, unread."""
+        return len(self._buffer)
+
+    def _push(self, item: _T) -> bool:
+        """Buffer ``item``; False if the buffer was full and an item was dropped."""
+        if self._closed:
+            return True
+        buffer = self._buffer
+        kept = True
+        if len(buffer) >= self._maxlen:
+            self.dropped += 1
+            kept = False
+            if not self._drop_oldest:
+                return False
+            buffer.popleft()
+        buffer.append(item)
+        wakeup, self._wakeup = self._wakeup, None
+        if wakeup is not None:
+            wakeup.set()
+        return kept
+
+    def _end(self) -> None:
+        """No more items: a consumer gets what is buffered, then the end."""
+        self._closed = True
+        wakeup, self._wakeup = self._wakeup, None
+        if wakeup is not None:
+            wakeup.set()
+
+    def receive_nowait(self) -> _T:
+        """The next item; ``trio.WouldBlock`` if none is buffered, ``trio.EndOfChannel``
+        once the stream has ended."""
+        if self._buffer:
+            return self._buffer.popleft()
+        if self._closed:
+            raise trio.EndOfChannel
+        raise trio.WouldBlock
+
+    async def receive(self) -> _T:
+        """The next item, waiting for it; ``trio.EndOfChannel`` once the stream has ended."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while not self._buffer:
+            if self._closed:
+                raise trio.EndOfChannel
+            if self._wakeup is None:
+                self._wakeup = trio.Event()
+            await self._wakeup.wait()
+        return self._buffer.popleft()
+
+    def __aiter__(self) -> _Feed[_T]:
         return self
 
-    async def __anext__(self) -> Transition:
+    async def __anext__(self) -> _T:
         try:
-            return await self._receive.receive()
+            return await self.receive()
         except trio.EndOfChannel:
             raise StopAsyncIteration from None
 
     async def aclose(self) -> None:
-        """Stop receiving transitions."""
-        self._connector._subscribers.discard(self._send)
-        self._send.close()
-        await self._receive.aclose()
+        """Stop receiving; what was buffered is dropped."""
+        self._buffer.clear()
+        self._end()
+        await trio.lowlevel.checkpoint()
+
+    async def __aenter__(self) -> _Feed[_T]:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+
+class TransitionStream(_Feed[Transition]):
+    """An async iterator of :class:`~fsm.Transition` records, from its creation on.
+
+    For a slow consumer it keeps the newest ``maxlen`` records (default 1,000) and drops
+    the oldest, counting them in :attr:`dropped`: the latest state is the one that
+    matters. A stream the application no longer references is freed and stops receiving.
+    """
+
+    def __init__(self, connector: Connector, maxlen: int = 1_000) -> None:
+        super().__init__(maxlen, drop_oldest=True)
+        connector._subscribers.add(self)
+        if not connector._running:
+            self._end()
+
+
+class MessageStream(_Feed[Frame]):
+    """An async iterator of decoded server messages, from its creation on; see
+    :meth:`Connector.messages`."""
+
+    def __init__(self, connector: Connector, maxlen: int) -> None:
+        super().__init__(maxlen, drop_oldest=False)
+        backlog = connector._backlog
+        if backlog and not connector._message_streams:
+            # Messages that arrived while nobody listened go to the first listener.
+            self._buffer.extend(backlog)
+            backlog.clear()
+        connector._message_streams.add(self)
+        if not connector._running:
+            self._end()
 
 
 class Connector:
@@ -223,15 +329,25 @@ class Connector:
         logger: Any = None,
         open_stream: StreamOpener | None = None,
         dial_gate: DialGate | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        extra_headers: Any = None,
     ) -> None:
         self.url = normalise_url(url)
+        if ssl_context is not None and not isinstance(ssl_context, ssl.SSLContext):
+            raise TypeError(f"ssl_context must be an ssl.SSLContext, got {ssl_context!r}")
+        self._extra_headers = _check_headers(extra_headers)
         if dial_gate is not None and not callable(getattr(dial_gate, "admit", None)):
             raise TypeError(f"dial_gate must be a DialGate, got {type(dial_gate).__name__}")
         self._dial_gate = dial_gate
         self._urgent = False  # the Dial being applied comes from a person's connect()
         if open_stream is not None and not callable(open_stream):
             raise TypeError(f"open_stream must be callable, got {type(open_stream).__name__}")
-        self._open_stream: StreamOpener = open_stream if open_stream is not None else open_tcp
+        if open_stream is not None and ssl_context is not None:
+            raise ValueError("pass ssl_context or open_stream, not both (open_stream does TLS)")
+        self._open_stream: StreamOpener = (
+            open_stream if open_stream is not None
+            else functools.partial(open_tcp, ssl_context=ssl_context)
+        )
         if protocol is not None and not isinstance(protocol, KernelProtocol):
             raise TypeError(f"protocol must be a KernelProtocol, got {type(protocol).__name__}")
         self.protocol = protocol if protocol is not None else ReferenceProtocol()
@@ -265,10 +381,12 @@ class Connector:
         self._link: Link | None = None
         self._timer: trio.CancelScope | None = None
         self._changed = trio.Event()
-        self._subscribers: set[trio.MemorySendChannel[Transition]] = set()
-        self._messages_send, self._messages_receive = trio.open_memory_channel[Frame](
-            message_buffer
-        )
+        # Weakly held: a stream the application dropped costs nothing (invariant 10).
+        self._subscribers: weakref.WeakSet[TransitionStream] = weakref.WeakSet()
+        self._message_streams: weakref.WeakSet[MessageStream] = weakref.WeakSet()
+        self._message_buffer = message_buffer
+        # Messages that arrived while no message stream existed, for the first one.
+        self._backlog: collections.deque[Frame] = collections.deque()
         #: Counters for observability and tests.
         self.stats = {"dials": 0, "bad_frames": 0, "messages_dropped": 0, "unknown_acks": 0,
                       "deferrals": 0}
@@ -318,7 +436,12 @@ class Connector:
     def edit(self, cell_id: str, code: str) -> None:
         """Record an edit; sent as soon as the link's writer is free if OPEN, else
         buffered until OPEN. Never blocks. Edits made to one cell before the writer
-        gets to them go out once, with the latest code."""
+        gets to them go out once, with the latest code.
+
+        Raises the same "not running" :class:`~fsm.LifecycleError` as ``connect()``
+        outside the ``async with open_connector(...)`` block."""
+        if not self._running:
+            raise _not_running()
         self._lc.edit(cell_id, code, hold=True)
         link = self._link
         if link is not None and not link.unsent_posted and self._lc.state is _OPEN:
@@ -379,13 +502,18 @@ class Connector:
         while self._lc.state is not ConnState.OPEN or self._lc.buffer:
             await self._changed.wait()
 
-    def messages(self) -> trio.MemoryReceiveChannel[Frame]:
-        """Decoded server messages other than ready frames and acks (one consumer per message).
+    def messages(self) -> MessageStream:
+        """Decoded server messages other than ready frames and acks, from now on.
 
-        At most ``message_buffer`` are held for a slow consumer; beyond that new
-        messages are dropped with a ``messages_dropped`` warning.
+        Every stream gets every message that arrives while it exists; messages that
+        arrived while no stream existed (at most ``message_buffer``) go to the first
+        stream made. For a slow consumer a stream holds at most ``message_buffer``
+        unread messages; beyond that new ones are dropped for that stream, counted in
+        ``stats["messages_dropped"]`` with a ``messages_dropped`` warning. The reader
+        never waits for a consumer. A stream the application no longer references (an
+        ``async for`` left by ``break``, a cancelled task) is freed and stops receiving.
         """
-        return self._messages_receive.clone()
+        return MessageStream(self, self._message_buffer)
 
     def transitions(self) -> TransitionStream:
         """Every transition from now on, as :class:`~fsm.Transition` records."""
@@ -414,9 +542,7 @@ class Connector:
 
     def _check_running(self) -> None:
         if not self._running or self._nursery is None:
-            raise LifecycleError(
-                "the connector is not running: use it inside `async with open_connector(...)`"
-            )
+            raise _not_running()
 
     def _apply(self, effects: list[Effect]) -> None:
         for effect in effects:
@@ -543,7 +669,7 @@ class Connector:
         elif event == "shutdown":
             self._report(self._lc.shutdown, cause)
         elif link.opened_at is None:
-            self._report(self._lc.fail, cause)
+            self._report(self._lc.fail, cause, retry_after=link.retry_after)
         else:
             uptime = trio.current_time() - link.opened_at
             self._report(self._lc.drop, uptime, cause)
@@ -556,6 +682,8 @@ class Connector:
                 link.ws = ws
                 frame = await self._await_ready(link, ws)
                 await self.protocol.on_ready(link, frame)
+                # is_ready() checked these; kernel-ready's seq and frame limit (protocol v2).
+                seq, max_frame_size = self.protocol.ready_info(frame)
                 del frame  # it can hold every cell's code; the adapter kept what it needs
                 if link.abandoned or self._link is not link:
                     # Abandoned while its ready frame was on the way (a cancellation is
@@ -567,7 +695,7 @@ class Connector:
                     link.gated = False
                     assert self._dial_gate is not None
                     self._dial_gate.finished(self, link.opened_at, True)
-                self._report(self._lc.ready)
+                self._report(self._lc.ready, seq, max_frame_size)
                 if self._link is link:
                     await self._serve(link, ws)
         except AttemptRejected as exc:
@@ -575,14 +703,15 @@ class Connector:
         except AttemptFailed as exc:
             link.lost(redact(str(exc)))
         except trio_websocket.ConnectionRejected as exc:
-            self._classify(link, self.protocol.classify_status(exc.status_code),
-                           f"handshake refused with HTTP {exc.status_code}")
+            self._rejected_handshake(link, ws_url, exc)
         except trio_websocket.ConnectionClosed as exc:
             self._closed(link, exc)
         except trio_websocket.HandshakeError as exc:
-            link.lost(redact(describe(exc.__cause__ or exc)))
+            link.lost(_root_cause(exc.__cause__ or exc))
         except OSError as exc:
-            link.lost(redact(describe(exc)))
+            # The exception itself, so that ConnectionFailed can chain it (its __cause__);
+            # the lifecycle redacts it for log lines and Transition records.
+            link.lost(_root_cause(exc))
         except Exception as exc:
             if _is_wire_protocol_error(exc) and not link.closing:
                 # h11/wsproto refused what the server sent (trio-websocket 0.12.2 lets
@@ -626,7 +755,7 @@ class Connector:
                     stream,  # type: ignore[arg-type]  # any trio Stream works; typed narrowly
                     host_header,
                     resource,
-                    extra_headers=self.protocol.extra_headers(),
+                    extra_headers=self.protocol.extra_headers() + self._extra_headers,
                     message_queue_size=64,
                     max_message_size=_TRANSPORT_MAX_MESSAGE,
                 )
@@ -649,6 +778,24 @@ class Connector:
         finally:
             await trio.aclose_forcefully(stream)
 
+    def _rejected_handshake(
+        self, link: Link, ws_url: str, exc: trio_websocket.ConnectionRejected
+    ) -> None:
+        """A refused handshake: fatal or retried by its status (DESIGN.md section 6)."""
+        status = exc.status_code
+        verdict = self.protocol.classify_status(status)
+        where = redact_url(ws_url)
+        phrase = _status_phrase(status)
+        if verdict is Verdict.REJECT:
+            hint = _STATUS_HINTS.get(status, "retrying cannot help")
+            cause = f"{where} answered the WebSocket handshake with HTTP {status}{phrase}: {hint}"
+        else:
+            cause = f"handshake refused with HTTP {status}{phrase} by {where}"
+            for name, value in exc.headers:
+                if name.lower() == b"retry-after":
+                    link.retry_after = retry_after_seconds(value)
+        self._classify(link, verdict, cause)
+
     def _classify(self, link: Link, verdict: Verdict, cause: str) -> None:
         if verdict is Verdict.REJECT:
             link.set_end("reject", cause)
@@ -661,6 +808,12 @@ class Connector:
         code = getattr(exc.reason, "code", None)
         reason = getattr(exc.reason, "reason", None)
         cause = f"closed with code {code}" + (f" ({redact(reason)})" if reason else "")
+        if not _peer_closed(link.ws):
+            # The client's own transport closed (1007 for invalid UTF-8, 1009 for a message
+            # over its limit, 1006 for a lost socket): what the server sent was broken, the
+            # server refused nothing. Retried like any loss.
+            link.lost(cause)
+            return
         self._classify(link, self.protocol.classify_close(code, reason), cause)
 
     async def _await_ready(
@@ -806,9 +959,19 @@ class Connector:
         if seq is not None:
             self._on_ack(seq)
             return
-        try:
-            self._messages_send.send_nowait(frame)
-        except trio.WouldBlock:
+        streams = self._message_streams
+        if not streams:
+            backlog = self._backlog
+            if len(backlog) < self._message_buffer:
+                backlog.append(frame)
+                return
+            full = True
+        else:
+            full = False
+            for stream in list(streams):
+                if not stream._push(frame):
+                    full = True
+        if full:
             self.stats["messages_dropped"] += 1
             self._log.warning("messages_dropped", op=frame.op, reason="message buffer full")
 
@@ -829,10 +992,7 @@ class Connector:
     def _on_transition(self, change: Transition) -> None:
         self._wake()
         for subscriber in list(self._subscribers):
-            try:
-                subscriber.send_nowait(change)
-            except (trio.ClosedResourceError, trio.BrokenResourceError):
-                self._subscribers.discard(subscriber)
+            subscriber._push(change)
 
     async def _until_open(self) -> None:
         while True:
@@ -840,8 +1000,16 @@ class Connector:
             if state is ConnState.OPEN:
                 return
             if state is ConnState.CLOSED:
+                if not self._running:
+                    # The async with block exited while this call waited: the same
+                    # error a call made after the block gets.
+                    raise _not_running()
                 reason = self._lc.close_reason or CloseReason.USER
-                raise ConnectionFailed(reason, self._lc.attempts, self._lc.last_cause)
+                cause = self._lc.last_cause
+                error = ConnectionFailed(reason, self._lc.attempts, cause)
+                if isinstance(cause, BaseException):
+                    raise error from cause
+                raise error
             await self._changed.wait()
 
     # -- running -----------------------------------------------------------------------------
@@ -859,10 +1027,13 @@ class Connector:
             if self._lc.state is not ConnState.CLOSED:  # pragma: no cover - defensive
                 self._report(self._lc.close)
             self._abandon()
-        self._messages_send.close()
+        for stream in list(self._message_streams):
+            stream._end()
         for subscriber in list(self._subscribers):
-            subscriber.close()
+            subscriber._end()
         self._subscribers.clear()
+        self._message_streams.clear()
+        self._backlog.clear()
 
 
 #: Opens the byte stream one WebSocket runs over: ``(host, port, secure) -> Stream``.
@@ -886,13 +1057,99 @@ class DialGate(Protocol):
     def forget(self, session: Connector) -> None: ...
 
 
-async def open_tcp(host: str, port: int, secure: bool) -> trio.abc.Stream:
-    """The default :data:`StreamOpener`: TCP, with TLS for ``wss://``."""
+async def open_tcp(
+    host: str, port: int, secure: bool, *, ssl_context: ssl.SSLContext | None = None
+) -> trio.abc.Stream:
+    """The default :data:`StreamOpener`: TCP, with TLS for ``wss://`` (``ssl_context``,
+    or the system's default trust store when it is None)."""
     if secure:
+        context = ssl_context if ssl_context is not None else ssl.create_default_context()
         return await trio.open_ssl_over_tcp_stream(
-            host, port, ssl_context=ssl.create_default_context(), https_compatible=True
+            host, port, ssl_context=context, https_compatible=True
         )
     return await trio.open_tcp_stream(host, port)
+
+
+def _refuse_asyncio() -> None:
+    """Fail at once, with what to do, when called from asyncio code (trio would fail deep
+    inside itself): trio's guest mode runs trio tasks under an asyncio loop, and those
+    are trio's (sniffio says which library the current task belongs to)."""
+    try:
+        library = sniffio.current_async_library()
+    except sniffio.AsyncLibraryNotFoundError:
+        return
+    if library != "trio":
+        raise LifecycleError(
+            f"fsm.open_connector() runs under trio, and this is {library}: from asyncio "
+            "code use `async with fsm.aio.open_connector(...)` (trio in guest mode), or "
+            "run the trio code with trio.run() in a thread of its own"
+        )
+
+
+def _not_running() -> LifecycleError:
+    return LifecycleError(
+        "the connector is not running: use it inside `async with open_connector(...)` "
+        "(its block has exited, or has not been entered)"
+    )
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """The exception that says what happened: trio reports a failed connect as an OSError
+    without errno, caused by a group of the per-address errors; one of those (say
+    ``ConnectionRefusedError: [Errno 111] ...``) is what a person wants to read."""
+    group = exc.__cause__
+    if isinstance(exc, OSError) and exc.errno is None and isinstance(group, BaseExceptionGroup):
+        leaves = [leaf for leaf in group.exceptions if isinstance(leaf, OSError)]
+        if leaves:
+            return leaves[-1]
+    return exc
+
+
+def _check_headers(headers: Any) -> list[tuple[bytes, bytes]]:
+    """``extra_headers`` (a mapping or (name, value) pairs of str or bytes) as bytes pairs."""
+    if headers is None:
+        return []
+    items = list(headers.items()) if hasattr(headers, "items") else list(headers)
+    pairs: list[tuple[bytes, bytes]] = []
+    for item in items:
+        if not (isinstance(item, tuple) and len(item) == 2):
+            raise TypeError(f"extra_headers must map names to values, got {item!r}")
+        name, value = (v.encode("latin-1") if isinstance(v, str) else v for v in item)
+        if not isinstance(name, bytes) or not isinstance(value, bytes) or not name:
+            raise TypeError("extra_headers names and values must be str or bytes")
+        if b"\r" in name + value or b"\n" in name + value:
+            raise ValueError("extra_headers must not contain line breaks")
+        pairs.append((name, value))
+    return pairs
+
+
+_STATUS_HINTS: Final = {
+    400: "the server did not take the handshake request; check the URL and the protocol",
+    401: "the server wants credentials; pass a token",
+    403: "the server refuses these credentials or this client",
+    404: "no WebSocket endpoint at this URL; check the host, port and path",
+    405: "the server does not take a WebSocket handshake (GET) at this URL; check the URL",
+    410: "the endpoint is gone; check the URL",
+    426: "the server wants another protocol at this URL; check the scheme and the path",
+}
+
+
+def _status_phrase(status: int) -> str:
+    try:
+        return f" {HTTPStatus(status).phrase}"
+    except ValueError:
+        return ""
+
+
+def _peer_closed(ws: trio_websocket.WebSocketConnection | None) -> bool:
+    """Whether the server started the close (sent a close frame first).
+
+    trio-websocket 0.12.2 reports its own closes (a protocol error, a message over its
+    limit) with the same ConnectionClosed as the peer's; the event it sets when a close
+    frame arrives first tells them apart. Without it, every close counts as the peer's.
+    """
+    event = getattr(ws, "_for_testing_peer_closed_connection", None)
+    return not isinstance(event, trio.Event) or event.is_set()
 
 
 def _is_wire_protocol_error(exc: BaseException) -> bool:
@@ -961,6 +1218,8 @@ async def open_connector(
     logger: Any = None,
     open_stream: StreamOpener | None = None,
     dial_gate: DialGate | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+    extra_headers: Any = None,
 ) -> AsyncIterator[Connector]:
     """Open a :class:`Connector` to the kernel server at ``url``.
 
@@ -981,10 +1240,23 @@ async def open_connector(
     ``dial_gate`` (a :class:`DialGate`, such as :class:`fsm.gateway.UpstreamGate`)
     is asked before every attempt by the connectors sharing one upstream; a wait it
     imposes shows as BACKING_OFF with that delay and counts no failed attempt.
+    ``ssl_context`` verifies ``wss://`` servers (default: the system's trust store;
+    pass, say, a context trusting a private CA). ``extra_headers`` (a mapping, or
+    (name, value) pairs) are sent with every WebSocket handshake, after the
+    adapter's own; they never reach a log line.
+
+    This is trio's: under asyncio it raises at once (use :func:`fsm.aio.open_connector`,
+    which runs it in trio's guest mode). ``connect()`` and ``request()`` wait at most
+    until the cycle ends: with the default policy, the back-off waits of
+    ``fsm schedule`` plus ``connect_timeout`` per attempt; bound them with
+    ``trio.fail_after`` for less. A call still waiting when the block exits (from a
+    task outside it) raises the same "not running" :class:`~fsm.LifecycleError` as a
+    call made after it.
 
     On leaving the block the connector closes (gracefully if OPEN, shielded and
     bounded by ``close_timeout``) and every task and socket it started is gone.
     """
+    _refuse_asyncio()
     connector = Connector(
         url,
         protocol=protocol,
@@ -999,6 +1271,8 @@ async def open_connector(
         logger=logger,
         open_stream=open_stream,
         dial_gate=dial_gate,
+        ssl_context=ssl_context,
+        extra_headers=extra_headers,
     )
     if not isinstance(lazy, bool):
         raise TypeError(f"lazy must be a bool, got {lazy!r}")

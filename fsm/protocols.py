@@ -12,16 +12,27 @@ An adapter's hooks run inside the connector's tasks:
   :class:`AttemptFailed` (retry) or :class:`AttemptRejected` (give up for good);
 - ``is_ready`` recognises the frame that completes an attempt;
 - ``flush``, ``send_edit`` and ``request`` send, in order, from one sender task;
+- ``ready_info`` reads what the ready frame says of seqs and the frame limit;
 - ``ack_seq`` reads acknowledgements; ``classify_close`` and ``classify_status``
   turn close codes and handshake statuses into a :class:`Verdict`.
+
+Close codes and handshake statuses (DESIGN.md section 6): 1000 with reason
+``SHUTDOWN`` is a shutdown; 1003, 1007, 1009 (a frame the server will not take), 1008
+and 3000-3999 are fatal; every other close is retried. Handshake statuses 400, 401,
+403, 404, 405, 410 and 426 are fatal (credentials, the URL or the protocol is wrong:
+retrying cannot help); 408, 429, 5xx and every other status are retried.
 """
 
 from __future__ import annotations
 
+import email.utils
 import enum
+import math
+import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from fsm._buffer import EditBuffer
 from fsm._frames import Frame
 
 if TYPE_CHECKING:
@@ -30,13 +41,41 @@ if TYPE_CHECKING:
     from fsm.lifecycle import SendEdit
 
 __all__ = [
+    "FATAL_CLOSE_CODES",
+    "FATAL_STATUSES",
     "AttemptFailed",
     "AttemptRejected",
     "KernelProtocol",
     "ReferenceProtocol",
     "Verdict",
     "normalise_url",
+    "retry_after_seconds",
 ]
+
+#: Close codes after which the client does not retry (besides 3000-3999).
+FATAL_CLOSE_CODES = frozenset({1003, 1007, 1008, 1009})
+#: Handshake statuses after which the client does not retry.
+FATAL_STATUSES = frozenset({400, 401, 403, 404, 405, 410, 426})
+
+
+def retry_after_seconds(value: str | bytes | None, *, now: float | None = None) -> float | None:
+    """Seconds a ``Retry-After`` header value asks to wait (delta-seconds or an HTTP date);
+    None when absent or unreadable. Never negative."""
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        value = value.decode("latin-1")
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        return None
+    seconds = when.timestamp() - (time.time() if now is None else now)
+    return max(0.0, seconds) if math.isfinite(seconds) else None
 
 
 class Verdict(enum.StrEnum):
@@ -127,21 +166,29 @@ class KernelProtocol:
         await link.send_frame(op, data)
         return None
 
+    def ready_info(self, frame: Frame) -> tuple[int | None, int | None]:
+        """``(seq, max_frame_size)`` of a ready frame, for ``ConnectionLifecycle.ready``.
+
+        ``seq`` None: the peer has no seqs (nothing is learnt, no loss of state can be
+        detected); ``max_frame_size`` None: 1 MiB.
+        """
+        return None, None
+
     def ack_seq(self, frame: Frame) -> int | None:
         """The sequence number ``frame`` acknowledges, or None if it is not an ack."""
         return None
 
     def classify_close(self, code: int | None, reason: str | None) -> Verdict:
-        """What a close with ``code`` and ``reason`` means."""
+        """What a close with ``code`` and ``reason`` means (see the module docstring)."""
         if code == 1000 and reason == "SHUTDOWN":
             return Verdict.SHUTDOWN
-        if code == 1008 or (code is not None and 3000 <= code <= 3999):
+        if code in FATAL_CLOSE_CODES or (code is not None and 3000 <= code <= 3999):
             return Verdict.REJECT
         return Verdict.RETRY
 
     def classify_status(self, status: int) -> Verdict:
-        """What a refused handshake with HTTP ``status`` means."""
-        return Verdict.REJECT if status in (401, 403) else Verdict.RETRY
+        """What a refused handshake with HTTP ``status`` means (see the module docstring)."""
+        return Verdict.REJECT if status in FATAL_STATUSES else Verdict.RETRY
 
     async def release(self, link: Link) -> None:
         """Free what ``prepare`` acquired; runs when the link ends, shielded and bounded."""
@@ -165,9 +212,13 @@ class ReferenceProtocol(KernelProtocol):
         return [(b"Authorization", f"Bearer {self._token}".encode())]
 
     async def flush(self, link: Link, batch: FlushBatch) -> None:
-        await link.send_frame(
-            "instantiate", {"seq": batch.seq, "codes": batch.codes, "auto_run": True}
-        )
+        # One instantiate frame per batch frame, each under the server's limit and acked
+        # on its own; only the last says auto_run.
+        for frame in batch.frames:
+            await link.send_frame(
+                "instantiate",
+                {"seq": frame.seq, "codes": frame.codes, "auto_run": frame.auto_run},
+            )
 
     async def send_edit(self, link: Link, edit: SendEdit) -> None:
         await link.send_frame(
@@ -179,7 +230,17 @@ class ReferenceProtocol(KernelProtocol):
             return False
         if not isinstance(frame.data, dict):
             raise ValueError(f"{frame.op} whose data is not an object")
+        seq, max_frame_size = self.ready_info(frame)
+        try:
+            EditBuffer.check_ready(seq, max_frame_size)
+        except ValueError as exc:
+            raise ValueError(f"{frame.op}: {exc}") from None
         return True
+
+    def ready_info(self, frame: Frame) -> tuple[int | None, int | None]:
+        # Protocol v2: a server that says no seq has received none (0); no limit: 1 MiB.
+        data = frame.data if isinstance(frame.data, dict) else {}
+        return data.get("seq", 0), data.get("max_frame_size")
 
     def ack_seq(self, frame: Frame) -> int | None:
         if frame.op != "ack":

@@ -110,7 +110,9 @@ def structure_sizes(conns: list[Connector]) -> dict[str, int]:
         sizes["in_flight_seqs"] += len(buffer.in_flight_seqs)
         sizes["subscribers"] += len(conn._subscribers)
         sizes["observers"] += len(conn.lifecycle.observers)
-        sizes["unread_messages"] += conn._messages_receive.statistics().current_buffer_used
+        sizes["unread_messages"] += len(conn._backlog) + sum(
+            len(stream) for stream in conn._message_streams
+        )
         sizes["links"] += conn._link is not None
         sizes["timers"] += conn._timer is not None
         assert conn._nursery is not None

@@ -184,10 +184,8 @@ def test_an_edit_past_the_buffer_limit_while_open_sends_nothing() -> None:
 @pytest.mark.parametrize(
     ("event", "state", "build"),
     [
-        ("retry", "NOT_STARTED", lambda lc: None),
         ("ready", "NOT_STARTED", lambda lc: None),
         ("close_finished", "CONNECTING", lambda lc: lc.connect()),
-        ("retry", "CONNECTING", lambda lc: lc.connect()),  # DIALING: no timer to fire
         ("fail", "OPEN", lambda lc: (lc.connect(), lc.ready())),
         ("ready", "CLOSED", lambda lc: lc.close()),
     ],
@@ -209,11 +207,24 @@ def test_an_event_in_the_wrong_state_names_the_event_and_the_state(
     assert issubclass(InvalidTransition, LifecycleError)
 
 
+@pytest.mark.parametrize(
+    "build", [lambda lc: None, lambda lc: lc.connect()], ids=["NOT_STARTED", "DIALING"]
+)
+def test_a_retry_from_a_timer_that_was_cancelled_changes_nothing(build: Any) -> None:
+    """retry outside BACKING_OFF (a cancelled timer that fired anyway) returns no effect."""
+    lc = ConnectionLifecycle(RetryPolicy(), random.Random(0), log_transitions=False)
+    build(lc)
+    before = (lc.state, lc.phase, lc.attempts, lc.close_reason)
+    assert lc.retry() == []
+    assert (lc.state, lc.phase, lc.attempts, lc.close_reason) == before
+
+
 def test_a_request_after_close_says_to_call_connect() -> None:
-    """request while CLOSED raises NotConnected telling the user to call connect() first."""
+    """request while CLOSED(USER) raises NotConnected naming the reason and telling the user
+    to call connect()."""
     lc = ConnectionLifecycle(log_transitions=False)
     lc.close()
-    with pytest.raises(NotConnected, match=r"CLOSED \(USER\); call connect\(\) first"):
+    with pytest.raises(NotConnected, match=r"CLOSED\(USER\).*call connect\(\)"):
         lc.request()
 
 
