@@ -19,6 +19,7 @@ from fsm._errors import (
     NotConnected,
     RequestFailed,
 )
+from fsm._frames import Frame
 from fsm._policy import RetryPolicy
 from fsm._types import CloseReason, ConnState, Phase, Transition
 from fsm.lifecycle import (
@@ -51,6 +52,7 @@ __all__ = [
     "Flush",
     "FlushBatch",
     "FlushFrame",
+    "Frame",
     "HangUp",
     "InvalidTransition",
     "KernelProtocol",

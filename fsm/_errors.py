@@ -42,7 +42,12 @@ class ConnectionFailed(LifecycleError):
             "USER": "the connection was closed by the user",
             "ERROR": "the connection cycle stopped on an error in the client",
         }.get(reason.value, f"closed ({reason.value})")
-        last = f"; last cause: {cause}" if cause else ""
+        if isinstance(cause, BaseException):
+            from fsm._redact import describe, redact  # only failures carry a cause
+
+            last = f"; last cause: {redact(describe(cause))}"
+        else:
+            last = f"; last cause: {cause}" if cause else ""
         advice = (
             "fix what the server refused (credentials, URL, notebook), then call connect()"
             if reason.value == "REJECTED"
