@@ -128,8 +128,17 @@ class Gateway:
         self.handshake_timeout = handshake_timeout
         self.heartbeat_interval = heartbeat_interval
         self.open_stream = open_stream
+        #: The cells a marimo notebook holds, read from its file: what every session
+        #: offers before its upstream ever connects.
+        self._notebook: dict[str, str] = {}
         if marimo is not None:
             self._marimo_protocol()  # fail now, not on the first session, if marimo is absent
+            from fsm._marimo_notebook import notebook_cells
+
+            try:
+                self._notebook = dict(notebook_cells(marimo))
+            except OSError as exc:
+                raise ValueError(f"cannot read the marimo notebook {marimo!r}: {exc}") from exc
 
         self.host = "127.0.0.1"
         self.port = 0
@@ -183,8 +192,10 @@ class Gateway:
         return dict(counts)
 
     def _notify(self) -> None:
-        self._changed.set()
-        self._changed = trio.Event()
+        # Called on every edit too: only pay for a new Event when someone waits.
+        if self._changed.statistics().tasks_waiting:
+            self._changed.set()
+            self._changed = trio.Event()
 
     async def wait_until(self, predicate: Callable[[Gateway], bool]) -> None:
         """Return once ``predicate(self)`` holds, re-checked after every session change."""
@@ -212,6 +223,7 @@ class Gateway:
                 if self.marimo is not None:
                     self._shared = Upstream(self, f"gw_{secrets.token_hex(8)}",
                                             self._marimo_protocol())
+                    self._shared.doc.update(self._notebook)
                     await upstreams.start(self._shared.run)
                 async with trio.open_nursery() as clients:
                     accept = trio.CancelScope()

@@ -251,6 +251,7 @@ class Session:
         self.history.append((self.messages_seen, text))
         if self.client is not None:
             self.client.push(text, self.messages_seen)
+        self.gateway._notify()
 
     def check_acks(self, pending: Iterable[str] | None = None) -> None:
         """Ack every waiting client frame whose cells the upstream no longer holds pending."""
@@ -279,10 +280,20 @@ class Session:
         conn = self.upstream.conn
         assert conn is not None
         superseded = False
+        held: dict[str, str] | None = None
         for cell_id, code in codes.items():
             if seq <= self.cell_seqs.get(cell_id, 0):
                 superseded = True  # a late frame: what the session holds is newer
                 continue
+            if self.doc.get(cell_id) == code:
+                # A client re-sending what it never saw acked (it reconnected): if the
+                # upstream already acknowledged this code, there is nothing to send.
+                if held is None:
+                    held = self.upstream.pending_cells()
+                if cell_id not in held:
+                    self.cell_seqs[cell_id] = seq
+                    superseded = True
+                    continue
             try:
                 conn.edit(cell_id, code)
             except (LifecycleError, ValueError) as exc:
@@ -296,6 +307,7 @@ class Session:
         self.waiting.append((seq, tuple(codes)))
         if superseded or not codes:
             self.check_acks()
+        self.gateway._notify()
 
     def take_request(self, frame: Frame) -> None:
         """Any other op: forwarded upstream once OPEN, starting it if needed (at most once)."""
