@@ -72,6 +72,7 @@ from fsm.protocols import (
     KernelProtocol,
     ReferenceProtocol,
     Verdict,
+    check_session_id,
     normalise_url,
     retry_after_seconds,
 )
@@ -353,9 +354,7 @@ class Connector:
         self.protocol = protocol if protocol is not None else ReferenceProtocol()
         if session_id is None:
             session_id = f"s_{secrets.token_hex(6)}"
-        if not isinstance(session_id, str) or not session_id:
-            raise ValueError(f"session_id must be a non-empty str, got {session_id!r}")
-        self.session_id = session_id
+        self.session_id = check_session_id(session_id)
         if heartbeat_interval is not None:
             _check_positive("heartbeat_interval", heartbeat_interval)
         _check_positive("heartbeat_timeout", heartbeat_timeout)
@@ -1064,9 +1063,20 @@ async def open_tcp(
     or the system's default trust store when it is None)."""
     if secure:
         context = ssl_context if ssl_context is not None else ssl.create_default_context()
-        return await trio.open_ssl_over_tcp_stream(
+        stream = await trio.open_ssl_over_tcp_stream(
             host, port, ssl_context=context, https_compatible=True
         )
+        try:
+            # Now, not on the first send: a certificate the context does not trust is
+            # then this attempt's error (an ssl.SSLError, an OSError), not a hang that
+            # ends in the connect time-out.
+            await stream.do_handshake()
+        except trio.BrokenResourceError as exc:
+            await trio.aclose_forcefully(stream)
+            if isinstance(exc.__cause__, ssl.SSLError):
+                raise exc.__cause__ from None
+            raise OSError(f"TLS handshake with {host}:{port} failed: {exc}") from exc
+        return stream
     return await trio.open_tcp_stream(host, port)
 
 

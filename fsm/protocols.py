@@ -30,7 +30,7 @@ import enum
 import math
 import time
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from fsm._buffer import EditBuffer
 from fsm._frames import Frame
@@ -48,6 +48,7 @@ __all__ = [
     "KernelProtocol",
     "ReferenceProtocol",
     "Verdict",
+    "check_session_id",
     "normalise_url",
     "retry_after_seconds",
 ]
@@ -98,14 +99,35 @@ _SCHEMES = {"ws": "ws", "wss": "wss", "http": "ws", "https": "wss"}
 
 
 def normalise_url(url: str) -> str:
-    """Check a server URL: ws, wss, http or https with a host; raise ValueError otherwise."""
+    """Check a server URL and return it ready for the wire; raise ValueError otherwise.
+
+    The scheme must be ws, wss, http or https, with a host and, if any, a numeric port.
+    Whitespace and control characters are refused anywhere (a path with a space is
+    almost always a mistake: percent-encode it as ``%20``), and so is anything that
+    cannot be encoded (a lone surrogate). Other non-ASCII characters of the path, query
+    and fragment are percent-encoded as UTF-8, and a non-ASCII host is IDNA-encoded, as
+    browsers do.
+    """
     if not isinstance(url, str):
-        raise ValueError(f"url must be a str, got {type(url).__name__}")
+        raise TypeError(f"url must be a str, got {type(url).__name__}")
+    bad = next((c for c in url if c.isspace() or ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0), None)
+    if bad is not None:
+        raise ValueError(
+            f"server URL contains {bad!r} at position {url.index(bad)}: whitespace and control"
+            " characters are not allowed in a URL (percent-encode them, e.g. %20 for a space)"
+        )
+    try:
+        url.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"server URL cannot be encoded ({exc.reason} at position {exc.start}): "
+            "it contains a lone surrogate"
+        ) from exc
     try:
         parts = urlsplit(url)
         port = parts.port  # parses the port, raising ValueError if it is not a number
     except ValueError as exc:
-        raise ValueError(f"invalid server URL: {exc}") from None
+        raise ValueError(f"invalid server URL: {exc}") from exc
     if parts.scheme not in _SCHEMES:
         raise ValueError(
             f"server URL scheme must be one of ws, wss, http, https; got {parts.scheme or 'none'!r}"
@@ -113,7 +135,53 @@ def normalise_url(url: str) -> str:
     if not parts.hostname:
         raise ValueError("server URL has no host")
     del port
-    return url
+    if url.isascii():
+        return url
+    netloc = parts.netloc
+    if not parts.hostname.isascii():
+        try:
+            ascii_host = parts.hostname.encode("idna").decode("ascii")
+        except UnicodeError as exc:
+            raise ValueError(
+                f"server URL host {parts.hostname!r} is not a valid host name"
+            ) from exc
+        netloc = netloc.replace(parts.hostname, ascii_host)
+    if not netloc.isascii():
+        raise ValueError("server URL has non-ASCII characters in its user or port part")
+    safe = "/:@!$&'()*+,;=-._~%?"
+    return urlunsplit(
+        (
+            parts.scheme,
+            netloc,
+            quote(parts.path, safe=safe),
+            quote(parts.query, safe=safe),
+            quote(parts.fragment, safe=safe),
+        )
+    )
+
+
+def check_session_id(session_id: object) -> str:
+    """Return ``session_id`` if it can travel in a URL query; raise TypeError/ValueError.
+
+    It must be a non-empty str of at most 512 characters, with no control characters
+    and nothing that cannot be encoded as UTF-8 (a lone surrogate).
+    """
+    if not isinstance(session_id, str):
+        raise TypeError(f"session_id must be a str, got {type(session_id).__name__}")
+    if not session_id:
+        raise ValueError("session_id must be a non-empty str")
+    if len(session_id) > 512:
+        raise ValueError(f"session_id must be at most 512 characters, got {len(session_id)}")
+    bad = next((c for c in session_id if ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0), None)
+    if bad is not None:
+        raise ValueError(f"session_id must not contain control characters, got {session_id!r}")
+    try:
+        session_id.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"session_id cannot be encoded ({exc.reason} at position {exc.start}): {session_id!r}"
+        ) from exc
+    return session_id
 
 
 class KernelProtocol:

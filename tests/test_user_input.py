@@ -13,6 +13,7 @@ import math
 import random
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import trio
@@ -70,6 +71,12 @@ def open_lifecycle(**kwargs: Any) -> ConnectionLifecycle:
         ("ws://127.0.0.1:port/ws", "invalid server URL: Port"),
         ("ws://127.0.0.1:99999/ws", "invalid server URL: Port out of range"),
         ("ws://[::1/ws", "invalid server URL: Invalid IPv6 URL"),
+        ("ws://127.0.0.1:8000/my notebook", "contains ' ' at position 22"),
+        ("ws://127.0.0.1:8000/ws\n", "control"),
+        ("ws://127.0.0.1:8000/ws?x=\x00", "control"),
+        (" ws://127.0.0.1/ws", "whitespace"),
+        ("ws://127.0.0.1:8000/\ud800", "cannot be encoded"),
+        ("ws://exa\u2028mple.com/ws", "whitespace"),
     ],
 )
 async def test_a_bad_url_is_a_value_error_naming_the_problem(url: str, complaint: str) -> None:
@@ -250,7 +257,11 @@ async def test_a_connector_used_after_its_block_says_how_to_use_it() -> None:
         ("close_timeout", -1, ValueError, "close_timeout must be a positive number"),
         ("close_timeout", math.inf, ValueError, "close_timeout"),
         ("session_id", "", ValueError, "session_id must be a non-empty str"),
-        ("session_id", 7, ValueError, "session_id must be a non-empty str"),
+        ("session_id", 7, TypeError, "session_id must be a str, got int"),
+        ("session_id", "a\ud800b", ValueError, "session_id cannot be encoded"),
+        ("session_id", "line\nbreak", ValueError, "session_id must not contain control"),
+        ("session_id", "del\x7f", ValueError, "session_id must not contain control"),
+        ("session_id", "x" * 513, ValueError, "session_id must be at most 512 characters"),
         ("message_buffer", 0, ValueError, "message_buffer must be an integer >= 1"),
         ("message_buffer", 2.5, ValueError, "message_buffer"),
         ("message_buffer", True, ValueError, "message_buffer"),
@@ -266,6 +277,39 @@ async def test_a_bad_open_connector_keyword_is_a_clear_error(
     """open_connector refuses each bad keyword value on entry, naming the keyword."""
     with pytest.raises(error, match=complaint):
         await enter(**{keyword: value})
+
+
+def test_a_url_that_is_not_a_str_is_a_type_error() -> None:
+    """normalise_url refuses anything but a str with a TypeError naming the type."""
+    with pytest.raises(TypeError, match="url must be a str, got bytes"):
+        fsm.Connector(b"ws://127.0.0.1/ws")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("url", "wire"),
+    [
+        ("ws://127.0.0.1:8000/ws", "ws://127.0.0.1:8000/ws"),
+        ("ws://127.0.0.1:8000/caf\u00e9?n=\u00e9", "ws://127.0.0.1:8000/caf%C3%A9?n=%C3%A9"),
+        ("ws://b\u00fccher.example/ws", "ws://xn--bcher-kva.example/ws"),
+        ("ws://127.0.0.1/a%20b", "ws://127.0.0.1/a%20b"),
+    ],
+)
+def test_non_ascii_urls_are_encoded_for_the_wire(url: str, wire: str) -> None:
+    """A non-ASCII path or query is percent-encoded as UTF-8 and a non-ASCII host is
+    IDNA-encoded; an ASCII URL is kept as given."""
+    assert fsm.Connector(url).url == wire
+
+
+@pytest.mark.parametrize("session_id", ["caf\u00e9", "a b&c=d#e", "\U0001f600"])
+def test_a_session_id_any_printable_text_is_accepted_and_encoded_in_the_query(
+    session_id: str,
+) -> None:
+    """Printable text, spaces and URL delimiters included, is a valid session id: the
+    WebSocket URL carries it percent-encoded."""
+    conn = fsm.Connector(URL, session_id=session_id)
+    ws_url = conn.protocol.websocket_url(conn.url, conn.session_id)
+    assert ws_url.isascii()
+    assert parse_qs(urlsplit(ws_url).query)["session_id"] == [session_id]
 
 
 async def test_a_bad_rng_is_a_type_error_at_the_call() -> None:
