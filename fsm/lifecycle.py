@@ -553,62 +553,65 @@ class ConnectionLifecycle:
             self._machine = machine
         return self._machine
 
-    def _decide(self, event: str, kwargs: dict[str, Any]) -> Any:
+    def _decide(self, decisions: Any, event: str, kwargs: dict[str, Any]) -> Any:
         """The engine's decision for ``event``: the new configuration, or a Refusal."""
         machine = self._machine
         if machine is None:
-            decisions = _DECISIONS[0] if _DECISIONS else _load_decisions()
             if decisions is not None:
                 return decisions.decide(self, self._config, event, kwargs)
             machine = self._engine()
-        from fsm._engine import Refusal, config_key, config_value, lock
+        from fsm._engine import Refusal, config_key, config_value
 
-        with lock():
-            if config_key(machine.current_state_value) != self._config:
-                machine.current_state_value = config_value(self._config)
-            try:
-                machine.send(event, **kwargs)
-            except TransitionNotAllowed:
-                return Refusal([e.id for e in machine.allowed_events])
-            return config_key(machine.current_state_value)
+        if config_key(machine.current_state_value) != self._config:
+            machine.current_state_value = config_value(self._config)
+        try:
+            machine.send(event, **kwargs)
+        except TransitionNotAllowed:
+            return Refusal([e.id for e in machine.allowed_events])
+        return config_key(machine.current_state_value)
 
     def _send(self, event: str, *, cause: BaseException | str | None = None, **kwargs: Any) -> (
         list[Effect]
     ):
-        previous_cause = self.last_cause
-        if cause is not None:
-            self.last_cause = cause  # set first, so that observers see it
-        source = self._state
-        outcome = self._decide(event, kwargs)
-        if type(outcome) is not str and type(outcome) is not tuple:
-            # Refused (the engine raised TransitionNotAllowed): nothing changed.
-            self._effects.clear()
-            self.last_cause = previous_cause
-            raise InvalidTransition(event, self._state, outcome.allowed)
-        # A StateMachine refuses an event that takes no transition, so exactly one was
-        # taken: its outcome is where it led, with no per-transition engine hook.
-        self._config = outcome
-        target, phase = _state_of(outcome)
-        self._state = target
-        self._phase = phase
-        effects, self._effects = self._effects, []
-        if self.observers:
-            self._notify(source, target, phase, event, cause)
+        decisions, lock = _DECISIONS or _load_decisions()
+        # One event at a time, whatever the thread: the shared engine is not re-entrant,
+        # and the lifecycle's own fields change together. Observers run after.
+        with lock:
+            previous_cause = self.last_cause
+            if cause is not None:
+                self.last_cause = cause  # set first, so that observers see it
+            source = self._state
+            outcome = self._decide(decisions, event, kwargs)
+            if type(outcome) is not str and type(outcome) is not tuple:
+                # Refused (the engine raised TransitionNotAllowed): nothing changed.
+                self._effects.clear()
+                self.last_cause = previous_cause
+                raise InvalidTransition(event, self._state, outcome.allowed)
+            # A StateMachine refuses an event that takes no transition, so exactly one
+            # was taken: its outcome is where it led, with no per-transition engine hook.
+            self._config = outcome
+            target, phase = _state_of(outcome)
+            self._state = target
+            self._phase = phase
+            effects, self._effects = self._effects, []
+            change = self._record(source, target, phase, event, cause) if self.observers else None
+        if change is not None:
+            self._notify(change)
         return effects
 
-    def _notify(
+    def _record(
         self,
         source: ConnState,
         target: ConnState,
         phase: Phase | None,
         event: str,
         cause: BaseException | str | None,
-    ) -> None:
+    ) -> Transition:
         if cause is not None:
             from fsm._redact import describe, redact  # only failures carry a cause
 
             cause = redact(describe(cause))
-        change = Transition(  # positional: about twice as fast as by keyword
+        return Transition(  # positional: about twice as fast as by keyword
             source,
             target,
             event,
@@ -618,6 +621,8 @@ class ConnectionLifecycle:
             phase,
             cause,
         )
+
+    def _notify(self, change: Transition) -> None:
         for observer in self.observers:
             try:
                 observer(change)
@@ -650,16 +655,18 @@ def _state_of(value: Any) -> tuple[ConnState, Phase | None]:
     return _BACKING_OFF_STATE if "BACKING_OFF" in value else _DIALING_STATE
 
 
-# The shared engine and decision cache of _LifecycleMachine (fsm._engine), loaded on the
-# first event: [cache], or [None] when the machine needs one engine per lifecycle.
+# The shared engine and decision cache of _LifecycleMachine (fsm._engine) and the lock
+# every event runs under, loaded on the first event: [cache, lock]; the cache is None
+# when the machine needs one engine per lifecycle.
 _DECISIONS: list[Any] = []
 
 
-def _load_decisions() -> Any:
-    from fsm._engine import cache_for
+def _load_decisions() -> list[Any]:
+    from fsm._engine import cache_for, lock
     from fsm._machine import _LifecycleMachine
 
-    if not _DECISIONS:
-        placeholder = ConnectionLifecycle(log_transitions=False)
-        _DECISIONS.append(cache_for(_LifecycleMachine, placeholder))
-    return _DECISIONS[0]
+    with lock():
+        if not _DECISIONS:
+            placeholder = ConnectionLifecycle(log_transitions=False)
+            _DECISIONS[:] = [cache_for(_LifecycleMachine, placeholder), lock()]
+    return _DECISIONS
