@@ -6,12 +6,12 @@ from __future__ import annotations
 import contextlib
 import json
 import random
-from typing import Any
 
 import trio
 
 import fsm
-from fsm.server import Faults, KernelServer, Session, default_handler
+from fsm._frames import Frame
+from fsm.server import Faults, Session, default_handler
 from tests._connector_helpers import FAST, LIMIT, serving
 from tests._gateway_helpers import Breakable, Inbox, client, gateway_to, http_get, raw_client
 
@@ -22,7 +22,7 @@ class Pusher:
     def __init__(self) -> None:
         self.sessions: dict[str, Session] = {}
 
-    async def __call__(self, session: Session, frame: fsm.Frame) -> None:  # type: ignore[name-defined]
+    async def __call__(self, session: Session, frame: Frame) -> None:
         if frame.op == "subscribe":
             self.sessions[session.session_id] = session
         else:
@@ -326,5 +326,3 @@ def test_gateway_arguments_are_checked() -> None:
     with pytest.raises(ValueError, match="session_ttl"):
         Gateway("ws://127.0.0.1:1", session_ttl=-1)
 
-
-_ = (Any, KernelServer)
