@@ -24,6 +24,12 @@ from typing import Any, TypeVar
 
 import pytest
 import trio
+from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.support.ui import WebDriverWait
 
 from fsm import RetryPolicy
 from fsm.gateway import Gateway
@@ -153,8 +159,6 @@ class Stack:
         The gateway's ``wait_until`` wakes on session changes, not on every edit, so this
         checks the condition at a short interval, as ``WebDriverWait`` does in the browser.
         """
-        from selenium.webdriver.support.ui import WebDriverWait
-
         gateway = self.gateway
         assert gateway is not None
         WebDriverWait(gateway, timeout, poll_frequency=0.05).until(
@@ -173,9 +177,6 @@ needs_browser = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def driver() -> Iterator[Any]:
     """One headless Chromium for the module, with a fresh profile."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
     profile = tempfile.mkdtemp(prefix="fsm-chromium-")
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
@@ -202,15 +203,10 @@ class Page:
         self.shots = shots
 
     def css(self, selector: str) -> list[Any]:
-        from selenium.webdriver.common.by import By
-
         return list(self.driver.find_elements(By.CSS_SELECTOR, selector))
 
     def until(self, condition: Callable[[], Any], what: str, timeout: float = WAIT) -> Any:
         """Wait until ``condition()`` is truthy in the browser, and return its value."""
-        from selenium.common.exceptions import StaleElementReferenceException
-        from selenium.webdriver.support.ui import WebDriverWait
-
         def check(_: Any) -> Any:
             try:
                 return condition()
@@ -242,10 +238,15 @@ class Page:
         return str(self.cells()[index].get_attribute("data-cell-id"))
 
     def cell_part(self, index: int, testid: str) -> Any:
-        from selenium.webdriver.common.by import By
-
         item = self.cells()[index].find_element(By.XPATH, "./ancestor::li")
         return item.find_element(By.CSS_SELECTOR, f'[data-testid="{testid}"]')
+
+    def output(self, index: int = 0) -> str:
+        """The text of cell ``index``'s result, "" until the kernel sent one."""
+        out = self.cell_part(index, "output")
+        if out.get_attribute("data-kind") != "result":
+            return ""
+        return str(out.find_element(By.CSS_SELECTOR, ".out-text").text)
 
     def marker(self, index: int = 0) -> str:
         return str(self.cell_part(index, "pending").get_attribute("data-state"))
@@ -338,10 +339,21 @@ def test_lazy_edit_then_run(page: Page) -> None:
         page.wait_state("OPEN")
         assert page.connect_button() is None, "Connect cannot act while OPEN"
         stack.wait(lambda s: s.cells.get(cell_id) == "answer = 6 * 7")
-        output = page.until(lambda: page.cell_part(0, "output").text, "the run's output")
+        output = page.until(lambda: page.output(0), "the run's output")
         assert output == "answer = 6 * 7"  # the reference server echoes the cell's code
         page.until(lambda: page.marker() == "saved", "the edit acknowledged")
         assert stack.call(lambda: stack.server.sessions_seen) == {session}
+
+        # A second cell, written and run from the keyboard (Shift+Enter), while OPEN.
+        page.css("#add-cell")[0].click()
+        assert len(page.cells()) == 2
+        second = page.cells()[1]
+        assert page.driver.switch_to.active_element == second, "a new cell takes the focus"
+        second.send_keys("print(answer)")
+        second.send_keys(Keys.SHIFT, Keys.ENTER)
+        assert page.until(lambda: page.output(1), "the second cell's output") == "print(answer)"
+        assert second.get_attribute("value") == "print(answer)", "Shift+Enter runs, adds no line"
+        stack.wait(lambda s: s.cells.get(page.cell_id(1)) == "print(answer)")
         page.shot("page")
         assert page.console_errors() == []
 
@@ -436,7 +448,7 @@ def test_token_from_the_page_url(page: Page) -> None:
         page.cells()[0].send_keys("t = 1")
         page.cell_part(0, "run").click()
         page.wait_state("OPEN")
-        page.until(lambda: page.cell_part(0, "output").text == "t = 1", "the run's output")
-        body = page.driver.find_element("tag name", "body").text
+        page.until(lambda: page.output(0) == "t = 1", "the run's output")
+        body = page.driver.find_element(By.TAG_NAME, "body").text
         assert token not in body
         assert page.console_errors() == []

@@ -214,7 +214,7 @@
     return JSON.stringify(data, null, 2);
   }
 
-  function showOutput(cell, kind, label, text) {
+  function showOutput(cell, kind, label, text, detail = "") {
     const out = cell.output;
     out.hidden = false;
     out.dataset.kind = kind;
@@ -226,9 +226,31 @@
       out.append(l);
     }
     const pre = document.createElement("pre");
+    pre.className = "out-text";
     pre.textContent = text;
     out.append(pre);
+    if (detail) {
+      const d = document.createElement("details");
+      const summary = document.createElement("summary");
+      summary.textContent = "details";
+      const body = document.createElement("pre");
+      body.textContent = detail;
+      d.append(summary, body);
+      out.append(d);
+    }
   }
+
+  // What a failed request means for the person, by the gateway's reason.
+  const REQUEST_ADVICE = {
+    GAVE_UP: "the connection to the kernel gave up: press Connect, then Run again",
+    REJECTED: "the kernel server refused this session: press Connect to ask again",
+    SHUTDOWN: "the kernel server shut down: press Connect or Run again",
+    USER: "the connection to the kernel was closed: press Connect, then Run again",
+    busy: "too many requests are waiting for the kernel: wait for an answer, then Run again",
+    not_connected: "the connection to the kernel was lost before this was sent: Run again",
+    refused: "the kernel refused this request",
+    shutdown: "the gateway is shutting down",
+  };
 
   function onCellOp(data) {
     if (!data || typeof data.cell_id !== "string") return;
@@ -242,16 +264,16 @@
       if (output && typeof output === "object" && typeof output.mimetype === "string") {
         const kind = output.mimetype === "application/vnd.marimo+error" ? "error" : "result";
         const text = outputText(output.mimetype, output.data);
-        if (text !== "" || kind === "error") showOutput(cell, kind, "", text);
+        if (text !== "" || kind === "error") showOutput(cell, kind, "output", text);
         else if (cell.output.dataset.kind === "running") cell.output.hidden = true;
       } else if (data.error) {
-        showOutput(cell, "error", "", String(data.error));
+        showOutput(cell, "error", "error", String(data.error));
       }
     }
     const consoleOut = Array.isArray(data.console) ? data.console : data.console ? [data.console] : [];
     for (const line of consoleOut) {
       if (line && typeof line.data === "string" && line.data) {
-        if (cell.output.hidden || cell.output.dataset.kind === "running") showOutput(cell, "result", "", "");
+        if (cell.output.hidden || cell.output.dataset.kind === "running") showOutput(cell, "result", "output", "");
         const span = document.createElement("pre");
         span.className = "console";
         span.textContent = line.data;
@@ -402,12 +424,14 @@
       return;
     }
     const req = page.requests.get(data.id);
-    const words = [data.message, data.reason && `(${data.reason})`].filter(Boolean).join(" ");
+    page.requests.delete(data.id);
+    const advice = REQUEST_ADVICE[data.reason] || data.message || "failed";
     if (req && req.cellId) {
       const cell = cellById(req.cellId);
-      if (cell) showOutput(cell, "error", `could not ${req.op}`, words || "error");
+      const detail = advice === data.message ? "" : data.message || "";
+      if (cell) showOutput(cell, "error", `could not ${req.op}`, advice, detail);
     }
-    note(`${data.op || "request"} failed: ${words || "error"}`, "CLOSED");
+    note(`${data.op || "request"} failed: ${advice}`);
   }
 
   function onUpstream(u) {
