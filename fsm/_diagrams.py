@@ -109,6 +109,49 @@ def _event_ids(transition: Any) -> str:
     return " ".join(dict.fromkeys(str(event.id) for event in transition.events))
 
 
+#: What each callback of the machine does, in the domain's words: the diagrams (and the
+#: gateway's page) show these, not the method names. A callback missing here is shown
+#: by its name, and tests/test_diagrams.py fails until it gets words.
+ACTION_LABELS: dict[str, str] = {
+    "on_enter_dialing": "dial",
+    "on_enter_backing_off": "start back-off timer",
+    "on_exit_open": "requeue unacked edits",
+    "on_enter_closed": "record close reason",
+    "on_exit_closed": "clear close reason",
+    "flush_edits": "flush edits",
+    "count_failure": "count failure",
+    "reset_attempts": "reset attempts",
+    "start_new_cycle": "new cycle",
+    "retry_now": "cancel timer and dial now",
+    "stop_on_bad_draw": "close with ERROR",
+    "request_reconnect": "reconnect when closed",
+    "cancel_reconnect": "cancel reconnect",
+    "abandon_attempt": "abandon attempt",
+    "hang_up": "hang up",
+}
+
+#: Guards, in the domain's words. ``can_interact`` and ``is_not_started`` keep their
+#: names: they are the contract's (DESIGN section 3), and the API's properties.
+GUARD_LABELS: dict[str, str] = {
+    "can_interact": "can_interact",
+    "is_not_started": "is_not_started",
+    "attempts_left": "attempts left",
+    "stayed_up": "stayed up min_uptime",
+    "reconnect_requested": "reconnect requested",
+    "heals_on_use": "gave up or shut down",
+    "!rng_ok": "bad jitter draw",
+    "rng_ok": "good jitter draw",
+}
+
+
+def _action_label(name: str) -> str:
+    return ACTION_LABELS.get(name, name)
+
+
+def _guard_label(name: str) -> str:
+    return GUARD_LABELS.get(name, name)
+
+
 def _label(event: str, guards: list[str], actions: list[str]) -> str:
     """``event [guard, ...] / action, ...``: the UML label of a transition."""
     parts = [event] if event else []
@@ -132,14 +175,19 @@ def _graph() -> DiagramGraph:
         if shown.source != source.source.id:  # pragma: no cover - a library change
             raise RuntimeError("python-statemachine's extractor walks transitions differently")
         shown.event = _event_ids(source)
-        shown.actions = _names(machine, source.on)
+        shown.actions = [_action_label(name) for name in _names(machine, source.on)]
+        shown.guards = [_guard_label(guard) for guard in shown.guards]
         if shown.is_internal:
             line = _label(shown.event, shown.guards, shown.actions)
             internal.setdefault(shown.source, []).append(line)
 
     def relabel(states: list[DiagramState]) -> None:
         for state in states:
-            kept = [a for a in state.actions if a.type is not ActionType.INTERNAL]
+            kept = [
+                DiagramAction(a.type, _action_label(a.body))
+                for a in state.actions
+                if a.type is not ActionType.INTERNAL
+            ]
             bodies = internal.get(state.id, [])
             state.actions = kept + [DiagramAction(ActionType.INTERNAL, b) for b in bodies]
             state.is_active = False

@@ -16,7 +16,14 @@ pytest.importorskip(
 import fsm
 from fsm import _diagrams
 from fsm._cli import main as cli_main
-from fsm._diagrams import GraphvizNotFound, dot_source, mermaid_source, write_diagrams
+from fsm._diagrams import (
+    ACTION_LABELS,
+    GUARD_LABELS,
+    GraphvizNotFound,
+    dot_source,
+    mermaid_source,
+    write_diagrams,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 DIAGRAMS = ROOT / "diagrams"
@@ -72,7 +79,7 @@ def test_committed_svg_is_an_svg_of_the_lifecycle() -> None:
     root = ET.parse(DIAGRAMS / "lifecycle.svg").getroot()
     assert root.tag == "{http://www.w3.org/2000/svg}svg"
     text = " ".join(root.itertext())
-    assert "flush_edits" in text and "NOT_STARTED" in text
+    assert "flush edits" in text and "NOT_STARTED" in text
 
 
 def test_sources_are_deterministic() -> None:
@@ -88,8 +95,8 @@ def test_guards_and_flush_action_are_shown(render: object) -> None:
     """Both sources show every guard, and the flush action on the ready transition."""
     source = render()  # type: ignore[operator]
     for guard in GUARDS:
-        assert f"[{guard}]" in source, guard
-    assert "ready / flush_edits" in source
+        assert f"[{GUARD_LABELS[guard]}]" in source, guard
+    assert "ready / flush edits" in source
 
 
 def test_mermaid_draws_every_transition_with_its_label() -> None:
@@ -100,9 +107,9 @@ def test_mermaid_draws_every_transition_with_its_label() -> None:
             continue  # the initial arrow into DIALING
         label = event
         if guards:
-            label += f" [{', '.join(guards)}]"
+            label += f" [{', '.join(GUARD_LABELS[g] for g in guards)}]"
         if actions:
-            label += f" / {', '.join(actions)}"
+            label += f" / {', '.join(ACTION_LABELS[a] for a in actions)}"
         assert f"{src} --> {dst} : {label}\n" in source, label
 
 
@@ -110,8 +117,33 @@ def test_internal_transitions_are_listed_in_their_state() -> None:
     """Events handled without leaving the state are listed inside it, guards included."""
     source = mermaid_source()
     assert "open : request [can_interact]\n" in source
-    assert "closing : connect / request_reconnect\n" in source
-    assert "closing : close / cancel_reconnect\n" in source
+    assert "closing : connect / reconnect when closed\n" in source
+    assert "closing : close / cancel reconnect\n" in source
+
+
+def test_labels_are_the_domains_words_not_callback_names() -> None:
+    """Every action and guard of the machine has words of its own, and the diagrams show
+    those words: no on_enter_/on_exit_ callback or other method name is drawn."""
+    machine = machine_class()
+    defined = set(dir(machine))
+    actions, guards = set(), set()
+
+    def walk(states: object) -> None:
+        for state in states:  # type: ignore[attr-defined]
+            for t in state.transitions:
+                actions.update(str(c) for c in t.on if not c.is_convention or c.func in defined)
+                guards.update(str(c) for c in t.cond)
+            for callbacks in (state.enter, state.exit):
+                actions.update(str(c) for c in callbacks if c.func in defined)
+            walk(state.states)
+
+    walk(machine.states)
+    assert actions - set(ACTION_LABELS) == set(), "give these actions words in ACTION_LABELS"
+    assert guards - set(GUARD_LABELS) == set(), "give these guards words in GUARD_LABELS"
+    for source in (mermaid_source(), dot_source()):
+        for name in actions:
+            assert not re.search(rf"\b{re.escape(name)}\b", source), name
+        assert "on_enter_" not in source and "on_exit_" not in source
 
 
 def test_no_state_is_highlighted() -> None:
@@ -139,7 +171,7 @@ def test_write_diagrams_renders_a_valid_svg(tmp_path: Path) -> None:
     assert [p.name for p in written] == ["lifecycle.mmd", "lifecycle.dot", "lifecycle.svg"]
     root = ET.parse(tmp_path / "lifecycle.svg").getroot()
     assert root.tag == "{http://www.w3.org/2000/svg}svg"
-    assert "flush_edits" in " ".join(root.itertext())
+    assert "flush edits" in " ".join(root.itertext())
 
 
 def test_missing_graphviz_is_a_clear_error(
