@@ -441,33 +441,38 @@ class Gateway:
         session.attach(client)
         self._notify()
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(client.write)
-                with client.read_scope:
-                    while True:
-                        try:
-                            message = await ws.get_message()
-                        except ConnectionClosed:
-                            break
-                        self._dispatch(client, message)
-                client.close(1000, "", "")  # the writer finishes the frame it is sending
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(client.write)
+                    with client.read_scope:
+                        while True:
+                            try:
+                                message = await ws.get_message()
+                            except ConnectionClosed:
+                                break
+                            self._dispatch(client, message)
+                    client.close(1000, "", "")  # the writer finishes the frame it is sending
+            finally:
+                session.detach(client)
+            await self._finish_client(client)
         finally:
-            session.detach(client)
+            # Only now: shutdown waits for this, so the 1001 close handshake is not cut.
             self._clients.discard(client)
+            self._notify()
+
+    async def _finish_client(self, client: ClientLink) -> None:
+        ws = client.ws
         request = client.close_request
-        cause = request[2] if request is not None and request[2] else None
-        if cause is not None and ws.closed is None:
-            assert request is not None
-            code, reason, _ = request
+        if request is not None and request[2] and ws.closed is None:
+            code, reason, cause = request
             with trio.move_on_after(self.close_timeout):
                 await ws.aclose(code, reason)
         else:
             closed = ws.closed
             cause = "oversized" if closed is not None and closed.code == 1009 else "client"
         self.metrics.client_closes.labels(cause).inc()
-        log.info("client_closed", session_id=session.session_id, cause=cause,
+        log.info("client_closed", session_id=client.session.session_id, cause=cause,
                  code=int(ws.closed.code) if ws.closed is not None else None)
-        self._notify()
 
     def _dispatch(self, client: ClientLink, message: str | bytes) -> None:
         session = client.session
