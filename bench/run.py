@@ -32,6 +32,7 @@ SECTIONS = {
     "sockets": "4. real sockets against the reference server",
     "storm": "5. reconnect storm on MockClock",
     "import": "6. import time",
+    "scale": "7. 10,000 active lifecycles in one process",
 }
 MODULES = {"import": "imports"}  # section name -> module name, where they differ
 _MARK = "@@BENCH-ROWS@@"

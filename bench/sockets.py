@@ -1,7 +1,10 @@
-"""4. Real sockets: N connectors in one trio process against the in-process reference server.
+"""4. Real sockets: N clients in one trio process against the reference server in another.
 
-Both sides run in this one process and one thread, over 127.0.0.1: the reference
-``fsm.server.KernelServer`` and N clients, which are either
+The reference ``fsm.server.KernelServer`` runs in a process of its own (started once
+per section), so the client process measures only the clients: its CPU time
+(``time.process_time``) and its resident memory (RSS, from ``/proc/self/statm``).
+Each measurement is one fresh client process (so one run's freed memory is not the
+next run's), with the garbage collector on, as users run. The clients are either
 
 - **connectors**: ``open_connector(url, heartbeat_interval=None)``, K edits made while
   NOT_STARTED, then ``await conn.connect()`` (returns once OPEN; the K edits are flushed
@@ -10,54 +13,42 @@ Both sides run in this one process and one thread, over 127.0.0.1: the reference
   ``kernel-ready`` (that is "OPEN"), then sending the same K codes as one
   ``instantiate`` frame and reading until its ``ack``.
 
-Every client is started at once. Measured per run: the time until all N are OPEN, the
-time until all flushes are acknowledged, then M edits per client while OPEN (connector:
-``conn.edit``; bare: ``edit`` frames) until all are acknowledged. Runs alternate between
-the two kinds; medians over repeats, ratios paired run by run. A separate pass under
-:mod:`tracemalloc` (connect and flush only) measures the Python heap per open
-connection; it includes the server's side of each connection, which is the same for
-both kinds, so the difference is the connector's own cost. The ``unknown_ack`` warnings
-the connectors logged are counted too (acks of edits superseded before their ack came),
-and so are the edit frames the server received: the connector holds the edits its writer
-has not reached yet and sends each cell's latest code once, so it may send fewer frames
-than the bare clients, which send one per edit.
+Every client of a run starts at once, after a warm-up of a few clients of the same kind
+(imports, the shared engine). Measured per run: client CPU and wall time until all N
+are OPEN, RSS per OPEN client, the time until all flushes are acknowledged, then M
+edits per client while OPEN (connector: ``conn.edit``; bare: ``edit`` frames) until all
+are acknowledged. Runs alternate between the two kinds; ratios are paired run by run,
+then the median is taken. The scaling rows compare the connectors' client CPU per
+connection at 100 and at 3,000 connections (``--quick``: 300).
+
+    python bench/sockets.py --worker connector 1000 URL   # one client process (JSON out)
 """
 
 from __future__ import annotations
 
-import functools
 import gc
 import json
+import os
 import random
 import resource
+import subprocess
+import sys
 import time
-import tracemalloc
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import trio
 import trio_websocket
 from common import Row, median
 
 from fsm.connector import open_connector
-from fsm.server import KernelServer
 
+HERE = Path(__file__).resolve().parent
 K_FLUSH = 10  # edits made before connecting, flushed on entering OPEN
 M_EDITS = 6  # edits per client while OPEN, typed into CELLS cells (each edited again
 CELLS = 2  # before its previous edit is acknowledged, as when someone types)
-
-
-@dataclass
-class Run:
-    n: int
-    open_s: float = 0.0
-    flushed_s: float = 0.0
-    edits_s: float = 0.0
-    memory: float | None = None
-    dials: int = 0
-    unknown_acks: int = 0
-    edit_frames: int = 0
-    errors: list[str] = field(default_factory=list)
+WARM_UP = 5
 
 
 def raise_file_limit(needed: int) -> int:
@@ -66,6 +57,14 @@ def raise_file_limit(needed: int) -> int:
         new = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
         resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+# -- the clients (one process) ----------------------------------------------------------
 
 
 class _Barrier:
@@ -89,37 +88,29 @@ class _Phases:
         self.edited = _Barrier(n)
         self.start_edits = trio.Event()
         self.release = trio.Event()
-        # The memory pass skips the edits: releasing cancels the clients' edit phase.
-        self.release_scopes: list[trio.CancelScope] = []
-
-    def release_all(self) -> None:
-        self.release.set()
-        for scope in self.release_scopes:
-            scope.cancel()
 
 
-def _codes(i: int, round_: int) -> dict[str, str]:
-    return {f"cell-{c}": f"x_{c} = {i} + {round_}" for c in range(K_FLUSH)}
+def _codes(i: int) -> dict[str, str]:
+    return {f"cell-{c}": f"x_{c} = {i}" for c in range(K_FLUSH)}
 
 
-async def _connector_client(url: str, i: int, ph: _Phases, stats: list[dict[str, int]]) -> None:
+async def _connector_client(url: str, name: str, i: int, ph: _Phases,
+                            stats: list[dict[str, int]]) -> None:
     async with open_connector(
-        url, session_id=f"conn-{i}", heartbeat_interval=None, rng=random.Random(i)
+        url, session_id=f"{name}-{i}", heartbeat_interval=None, rng=random.Random(i)
     ) as conn:
-        for cell, code in _codes(i, 0).items():
+        for cell, code in _codes(i).items():
             conn.edit(cell, code)
         await conn.connect()
         ph.opened.arrive()
         await conn.wait_acked()
         ph.flushed.arrive()
-        with trio.CancelScope() as phase:
-            ph.release_scopes.append(phase)
-            await ph.start_edits.wait()
-            for j in range(M_EDITS):
-                conn.edit(f"cell-{j % CELLS}", f"y = {i} + {j}")
-            await conn.wait_acked()
-            ph.edited.arrive()
-            await ph.release.wait()
+        await ph.start_edits.wait()
+        for j in range(M_EDITS):
+            conn.edit(f"cell-{j % CELLS}", f"y = {i} + {j}")
+        await conn.wait_acked()
+        ph.edited.arrive()
+        await ph.release.wait()
         stats.append(conn.stats)
 
 
@@ -130,118 +121,180 @@ async def _read_until(ws: trio_websocket.WebSocketConnection, op: str, seq: int 
             return
 
 
-async def _bare_client(url: str, i: int, ph: _Phases, stats: list[dict[str, int]]) -> None:
-    async with trio_websocket.open_websocket_url(f"{url}?session_id=bare-{i}") as ws:
+async def _bare_client(url: str, name: str, i: int, ph: _Phases,
+                       stats: list[dict[str, int]]) -> None:
+    async with trio_websocket.open_websocket_url(f"{url}?session_id={name}-{i}") as ws:
         await _read_until(ws, "kernel-ready", None)
         ph.opened.arrive()
-        data = {"seq": 1, "codes": _codes(i, 0), "auto_run": True}
+        data = {"seq": 1, "codes": _codes(i), "auto_run": True}
         await ws.send_message(json.dumps({"op": "instantiate", "data": data}))
         await _read_until(ws, "ack", 1)
         ph.flushed.arrive()
-        with trio.CancelScope() as phase:
-            ph.release_scopes.append(phase)
-            await ph.start_edits.wait()
-            for j in range(M_EDITS):
-                data = {"seq": 2 + j, "cell_id": f"cell-{j % CELLS}", "code": f"y = {i} + {j}"}
-                await ws.send_message(json.dumps({"op": "edit", "data": data}))
-            await _read_until(ws, "ack", 1 + M_EDITS)
-            ph.edited.arrive()
-            await ph.release.wait()
+        await ph.start_edits.wait()
+        for j in range(M_EDITS):
+            data = {"seq": 2 + j, "cell_id": f"cell-{j % CELLS}", "code": f"y = {i} + {j}"}
+            await ws.send_message(json.dumps({"op": "edit", "data": data}))
+        await _read_until(ws, "ack", 1 + M_EDITS)
+        ph.edited.arrive()
+        await ph.release.wait()
 
 
-Client = Callable[[str, int, _Phases, list[dict[str, int]]], Awaitable[None]]
+CLIENTS = {"connector": _connector_client, "bare": _bare_client}
 
 
-async def _one_run(client: Client, n: int, *, trace_memory: bool) -> Run:
-    run = Run(n)
-    server = KernelServer()
+async def _clients(kind: str, n: int, url: str, name: str, out: dict[str, Any]) -> None:
+    client = CLIENTS[kind]
     stats: list[dict[str, int]] = []
-    async with trio.open_nursery() as outer:
-        await outer.start(server.serve)
-        ph = _Phases(n)
+    ph = _Phases(n)
+    gc.collect()
+    rss_before = rss()
+    cpu, wall = time.process_time(), time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        for i in range(n):
+            nursery.start_soon(client, url, name, i, ph, stats)
+        with trio.fail_after(600):
+            await ph.opened.done.wait()
+        out["open_cpu"] = time.process_time() - cpu
+        out["open_s"] = time.perf_counter() - wall
+        with trio.fail_after(600):
+            await ph.flushed.done.wait()
+        out["flushed_s"] = time.perf_counter() - wall
         gc.collect()
-        if trace_memory:
-            tracemalloc.start()
-        base = tracemalloc.get_traced_memory()[0] if trace_memory else 0
+        out["rss_per_open"] = (rss() - rss_before) / n
         start = time.perf_counter()
-        async with trio.open_nursery() as clients:
-            for i in range(n):
-                clients.start_soon(client, server.url, i, ph, stats)
-            with trio.fail_after(300):
-                await ph.opened.done.wait()
-                run.open_s = time.perf_counter() - start
-                await ph.flushed.done.wait()
-                run.flushed_s = time.perf_counter() - start
-            if trace_memory:
-                gc.collect()
-                run.memory = (tracemalloc.get_traced_memory()[0] - base) / n
-                tracemalloc.stop()
-            else:  # the memory pass stops here
-                start = time.perf_counter()
-                ph.start_edits.set()
-                with trio.fail_after(300):
-                    await ph.edited.done.wait()
-                run.edits_s = time.perf_counter() - start
-                run.edit_frames = server.frames_received["edit"]
-            ph.release_all()
+        ph.start_edits.set()
+        with trio.fail_after(600):
+            await ph.edited.done.wait()
+        out["edits_s"] = time.perf_counter() - start
+        ph.release.set()
+    out["dials"] = sum(s["dials"] for s in stats)
+    out["unknown_acks"] = sum(s["unknown_acks"] for s in stats)
+
+
+def worker(kind: str, n: int, url: str) -> None:
+    raise_file_limit(n + 256)
+    warm: dict[str, Any] = {}
+    trio.run(_clients, kind, WARM_UP, url, f"warm-{os.getpid()}", warm)
+    out: dict[str, Any] = {"kind": kind, "n": n}
+    trio.run(_clients, kind, n, url, f"{kind}-{os.getpid()}", out)
+    print(json.dumps(out), flush=True)
+
+
+# -- the server (another process) and the section ------------------------------------------
+
+SERVER = """
+import resource, sys, trio
+from fsm.server import KernelServer
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+async def main():
+    server = KernelServer()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.serve)
+        print(server.url, flush=True)
+        await trio.wrap_file(sys.stdin).read()  # until the benchmark closes stdin
         await server.shutdown()
-    run.dials = sum(s["dials"] for s in stats)
-    run.unknown_acks = sum(s["unknown_acks"] for s in stats)
-    return run
+        nursery.cancel_scope.cancel()
+trio.run(main)
+"""
 
 
-def _runs(n: int, repeats: int) -> tuple[dict[str, list[Run]], dict[str, float]]:
-    clients: dict[str, Client] = {"connector": _connector_client, "bare": _bare_client}
-    runs: dict[str, list[Run]] = {name: [] for name in clients}
-    names = list(clients)
-    for r in range(repeats):
-        order = names if r % 2 == 0 else names[::-1]
-        for name in order:
-            one = functools.partial(_one_run, clients[name], n, trace_memory=False)
-            runs[name].append(trio.run(one))
-    memory = {}
-    for name in names:
-        traced = trio.run(functools.partial(_one_run, clients[name], n, trace_memory=True))
-        assert traced.memory is not None
-        memory[name] = traced.memory
-    return runs, memory
+@dataclass
+class _Server:
+    proc: subprocess.Popen[str] = field(init=False)
+    url: str = field(init=False)
+
+    def __enter__(self) -> _Server:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+            [str(HERE.parent), *filter(None, [os.environ.get("PYTHONPATH")])])}
+        self.proc = subprocess.Popen([sys.executable, "-c", SERVER], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True, env=env)
+        assert self.proc.stdout is not None
+        self.url = self.proc.stdout.readline().strip()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def _one(kind: str, n: int, url: str) -> dict[str, Any]:
+    proc = subprocess.run([sys.executable, str(HERE / "sockets.py"), "--worker", kind, str(n),
+                           url], capture_output=True, text=True, cwd=HERE.parent)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"{kind} x{n} failed: {proc.stderr[-2000:]}")
+    result: dict[str, Any] = json.loads(lines[-1])
+    return result
 
 
 def run(quick: bool) -> list[Row]:
-    wanted = 100 if quick else 1000
-    limit = raise_file_limit(2 * wanted + 256)
-    n = min(wanted, (limit - 256) // 2)
-    note_n = "" if n == wanted else f" (the open-file limit {limit} allows only {n})"
-    runs, memory = _runs(n, 1 if quick else 3)
+    wanted, small, large = (100, 100, 300) if quick else (1000, 100, 3000)
+    limit = raise_file_limit(large + 256)
+    if limit < large + 256:
+        large = limit - 256
+    repeats = 1 if quick else 3
+    runs: dict[str, list[dict[str, Any]]] = {"connector": [], "bare": []}
+    scale: dict[int, list[float]] = {small: [], large: []}
+    with _Server() as server:
+        for r in range(repeats):
+            for kind in (("connector", "bare") if r % 2 == 0 else ("bare", "connector")):
+                runs[kind].append(_one(kind, wanted, server.url))
+        for _ in range(repeats):
+            for n in (small, large):
+                result = _one("connector", n, server.url)
+                scale[n].append(result["open_cpu"] / n)
     c, b = runs["connector"], runs["bare"]
-    open_c, open_b = median([r.open_s for r in c]), median([r.open_s for r in b])
-    flush_c, flush_b = median([r.flushed_s for r in c]), median([r.flushed_s for r in b])
-    edits_c = median([r.edits_s for r in c])
-    # Runs alternate connector/bare: compare each pair, then take the median.
-    open_ratio = median([x.open_s / y.open_s for x, y in zip(c, b, strict=True)])
+    n = wanted
     bare = "bare trio-websocket"
-    extra_dials = sum(r.dials for r in c) - n * len(c)
-    unknown = median([float(r.unknown_acks) for r in c])
-    frames_c = median([float(r.edit_frames) for r in c])
-    frames_b = median([float(r.edit_frames) for r in b])
-    rows = [
-        Row("4", f"time until {n} connectors are OPEN{note_n}", open_c, "s",
-            baseline=f"{bare} until kernel-ready", ratio=open_ratio, target="<= 1.2x",
-            met=open_ratio <= 1.2, note=f"{extra_dials} retried attempts in all runs"),
-        Row("4", f"time until {n} bare trio-websocket clients got kernel-ready", open_b, "s"),
+
+    def paired(key: str) -> float:
+        return median([x[key] / y[key] for x, y in zip(c, b, strict=True)])
+
+    cpu_ratio = paired("open_cpu")
+    rss_ratio = paired("rss_per_open")
+    scale_ratio = median(scale[large]) / median(scale[small])
+    extra_dials = sum(r["dials"] for r in c) - n * len(c)
+    unknown = median([float(r["unknown_acks"]) for r in c])
+    return [
+        Row("4", f"client CPU until {n} connectors are OPEN", median([r["open_cpu"] for r in c]),
+            "s", baseline=f"{bare} until kernel-ready", ratio=cpu_ratio, target="<= 1.3x",
+            met=cpu_ratio <= 1.3, note=f"{extra_dials} retried attempts in all runs"),
+        Row("4", f"client CPU until {n} bare trio-websocket clients got kernel-ready",
+            median([r["open_cpu"] for r in b]), "s"),
+        Row("4", f"wall time until {n} connectors are OPEN", median([r["open_s"] for r in c]),
+            "s", baseline=f"{bare}", ratio=paired("open_s"),
+            note="the server (another process) takes its share of both"),
+        Row("4", "RSS per OPEN connector (client process)",
+            median([r["rss_per_open"] for r in c]), "B", baseline=f"{bare} per OPEN client",
+            ratio=rss_ratio, target="<= 2x", met=rss_ratio <= 2),
+        Row("4", "RSS per OPEN bare trio-websocket client", median([r["rss_per_open"] for r in b]),
+            "B"),
+        Row("4", f"connector client CPU per connection, {large:,} vs {small} connections",
+            median(scale[large]), "s", baseline=f"{median(scale[small]) * 1e6:.0f} µs at {small}",
+            ratio=scale_ratio, target="<= 1.2x", met=scale_ratio <= 1.2, note="GC on"),
         Row("4", f"flushed edits/s: {n} x {K_FLUSH} edits buffered before connect, all acked",
-            n * K_FLUSH / flush_c, "/s", baseline=f"{bare}, one instantiate frame each",
-            ratio=median([y.flushed_s / x.flushed_s for x, y in zip(c, b, strict=True)]),
-            note=f"{flush_c:.2f} s from start vs {flush_b:.2f} s"),
-        Row("4", f"edits/s while OPEN: {n} x {M_EDITS} edits, all acked", n * M_EDITS / edits_c,
-            "/s", baseline=f"{bare} edit frames",
-            ratio=median([y.edits_s / x.edits_s for x, y in zip(c, b, strict=True)]),
-            note=f"edit frames per run: {frames_c:.0f} vs {frames_b:.0f} (the connector sends "
-            f"each cell's latest code once its writer is free); unknown_ack warnings per run: "
-            f"{unknown:.0f}"),
-        Row("4", "Python heap per open connection, client + server side", memory["connector"],
-            "B", baseline=f"{bare} (+ server side)", ratio=memory["connector"] / memory["bare"]),
-        Row("4", "  of which the connector adds over a bare WebSocket",
-            memory["connector"] - memory["bare"], "B"),
+            n * K_FLUSH / median([r["flushed_s"] for r in c]), "/s",
+            baseline=f"{bare}, one instantiate frame each",
+            ratio=median([y["flushed_s"] / x["flushed_s"] for x, y in zip(c, b, strict=True)])),
+        Row("4", f"edits/s while OPEN: {n} x {M_EDITS} edits, all acked",
+            n * M_EDITS / median([r["edits_s"] for r in c]), "/s",
+            baseline=f"{bare} edit frames",
+            ratio=median([y["edits_s"] / x["edits_s"] for x, y in zip(c, b, strict=True)]),
+            note=f"unknown_ack warnings per run: {unknown:.0f}"),
     ]
-    return rows
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 5 and sys.argv[1] == "--worker":
+        sys.path.append(str(HERE.parent))
+        from common import quiet_structlog
+
+        quiet_structlog()
+        worker(sys.argv[2], int(sys.argv[3]), sys.argv[4])
+    else:
+        sys.exit(f"usage: {sys.argv[0]} --worker KIND N URL (or run bench/run.py)")
