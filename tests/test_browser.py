@@ -87,10 +87,17 @@ class Stack:
     thread) and waits on it with :meth:`wait`, bounded by ``trio.fail_after``.
     """
 
-    def __init__(self, *, token: str | None = None, policy: RetryPolicy | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        token: str | None = None,
+        policy: RetryPolicy | None = None,
+        marimo: Path | None = None,
+    ) -> None:
         self.server = KernelServer()
         self.token = token
         self.policy = policy
+        self.marimo = marimo
         self.gateway: Gateway | None = None
         self._token: trio.lowlevel.TrioToken | None = None
         self._stop: trio.Event | None = None
@@ -108,9 +115,19 @@ class Stack:
 
     async def _main(self) -> None:
         self._stop = trio.Event()
-        async with trio.open_nursery() as nursery:
+        async with contextlib.AsyncExitStack() as resources, trio.open_nursery() as nursery:
             await nursery.start(self.server.serve)
-            self.gateway = Gateway(upstream=self.server.url, token=self.token, policy=self.policy)
+            upstream = self.server.url
+            if self.marimo is not None:
+                from marimo_server import marimo_server
+
+                upstream = (await resources.enter_async_context(marimo_server(self.marimo))).url
+            self.gateway = Gateway(
+                upstream=upstream,
+                token=self.token,
+                policy=self.policy,
+                marimo=None if self.marimo is None else str(self.marimo),
+            )
             await nursery.start(self.gateway.serve)
             self._token = trio.lowlevel.current_trio_token()
             self._ready.set()
@@ -121,7 +138,7 @@ class Stack:
 
     def __enter__(self) -> Stack:
         self._thread.start()
-        self._ready.wait(20)
+        self._ready.wait(90)
         if self._error is not None or self._token is None:
             raise RuntimeError("the test servers did not start") from self._error
         return self
@@ -451,4 +468,31 @@ def test_token_from_the_page_url(page: Page) -> None:
         page.until(lambda: page.output(0) == "t = 1", "the run's output")
         body = page.driver.find_element(By.TAG_NAME, "body").text
         assert token not in body
+        assert page.console_errors() == []
+
+
+@needs_browser
+def test_marimo_notebook_cells_and_outputs(page: Page, tmp_path: Path) -> None:
+    """With a marimo upstream the page offers the notebook's cells and shows marimo's outputs."""
+    pytest.importorskip("marimo", reason="the marimo test needs marimo: pip install 'fsm[marimo]'")
+    from marimo_server import write_notebook
+
+    notebook = write_notebook(tmp_path / "nb.py", ["x = 1", "y = x + 1", "y * 10"])
+    policy = RetryPolicy(max_attempts=400, initial_delay=0.05, max_delay=0.5,
+                         connect_timeout=30.0, min_uptime=0.5)
+    with page.serve(marimo=notebook, policy=policy) as stack:
+        page.driver.get(stack.page_url)
+        page.wait_state("NOT_STARTED")
+        page.session_id()
+        assert [c.get_attribute("value") for c in page.cells()] == ["x = 1", "y = x + 1", "y * 10"]
+        first = page.cells()[0]
+        first.send_keys(Keys.CONTROL, "a")
+        first.send_keys("x = 5")
+        page.until(lambda: page.marker(0) == "waiting", "the edit waits for the kernel")
+        page.cell_part(2, "run").click()
+        page.wait_state("OPEN", timeout=60)
+        assert page.until(lambda: page.output(2) == "60" and page.output(2), "marimo's output",
+                          timeout=60) == "60"
+        page.until(lambda: page.marker(0) == "saved", "the edit acknowledged", timeout=30)
+        page.shot("marimo")
         assert page.console_errors() == []

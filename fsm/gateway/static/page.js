@@ -341,7 +341,9 @@
 
   function run(cell) {
     showOutput(cell, "running", "", "waiting for the kernel…");
-    request("run", { cell_id: cell.id }, cell.id);
+    // Both shapes in one request: the reference server reads cell_id; marimo's
+    // /api/kernel/run reads cellIds and codes (and ignores the keys it does not know).
+    request("run", { cell_id: cell.id, cellIds: [cell.id], codes: [cell.code] }, cell.id);
   }
 
   function connect() {
