@@ -41,23 +41,28 @@ class RawMachine(StateMachine):  # type: ignore[misc]
         not_started.to(connecting, cond="is_not_started")
         | closed.to(connecting, on="start_new_cycle")
         | closing.to.itself(internal=True, on="request_reconnect")
+        | connecting.backing_off.to(connecting.dialing, on="retry_now")
         | connecting.dialing.to.itself(internal=True)
-        | connecting.backing_off.to.itself(internal=True)
         | open.to.itself(internal=True)
     )
     request = (
         not_started.to(connecting, cond="is_not_started")
+        | closed.to(connecting, cond="heals_on_use", on="start_new_cycle")
         | connecting.dialing.to.itself(internal=True)
         | connecting.backing_off.to.itself(internal=True)
         | open.to.itself(internal=True, cond="can_interact")
     )
     ready = connecting.dialing.to(open, on="flush_edits")
-    fail = connecting.dialing.to(
-        connecting.backing_off, cond="attempts_left", on="count_failure"
-    ) | connecting.dialing.to(closed, on="count_failure")
+    fail = (
+        connecting.dialing.to(closed, unless="rng_ok", on="stop_on_bad_draw")
+        | connecting.dialing.to(connecting.backing_off, cond="attempts_left", on="count_failure")
+        | connecting.dialing.to(closed, on="count_failure")
+    )
+    defer = connecting.dialing.to(connecting.backing_off)
     retry = connecting.backing_off.to(connecting.dialing)
     drop = (
-        open.to(connecting.backing_off, cond="stayed_up", on="reset_attempts")
+        open.to(closed, unless="rng_ok", on="stop_on_bad_draw")
+        | open.to(connecting.backing_off, cond="stayed_up", on="reset_attempts")
         | open.to(connecting.backing_off, cond="attempts_left", on="count_failure")
         | open.to(closed, on="count_failure")
     )
@@ -91,6 +96,14 @@ class RawMachine(StateMachine):  # type: ignore[misc]
     def reconnect_requested(self) -> bool:
         return self.reconnect
 
+    @property
+    def heals_on_use(self) -> bool:
+        return True
+
+    @property
+    def rng_ok(self) -> bool:
+        return True
+
     def attempts_left(self) -> bool:
         return self.n_attempts + 1 < MAX_ATTEMPTS
 
@@ -100,6 +113,12 @@ class RawMachine(StateMachine):  # type: ignore[misc]
     def start_new_cycle(self) -> None:
         self.n_attempts = 0
         self.reconnect = False
+
+    def retry_now(self) -> None:
+        self.n_attempts = 0
+
+    def stop_on_bad_draw(self) -> None:
+        pass
 
     def request_reconnect(self) -> None:
         self.reconnect = True
@@ -144,6 +163,12 @@ class TransitionsModel:
     def reconnect_requested(self, **_: Any) -> bool:
         return self.reconnect
 
+    def heals_on_use(self, **_: Any) -> bool:
+        return True
+
+    def rng_ok(self, **_: Any) -> bool:
+        return True
+
     def attempts_left(self, **_: Any) -> bool:
         return self.n_attempts + 1 < MAX_ATTEMPTS
 
@@ -153,6 +178,12 @@ class TransitionsModel:
     def start_new_cycle(self, **_: Any) -> None:
         self.n_attempts = 0
         self.reconnect = False
+
+    def retry_now(self, **_: Any) -> None:
+        self.n_attempts = 0
+
+    def stop_on_bad_draw(self, **_: Any) -> None:
+        pass
 
     def request_reconnect(self, **_: Any) -> None:
         self.reconnect = True
@@ -188,15 +219,20 @@ def _transition_table(
         t("connect", "NOT_STARTED", connecting, conditions="is_not_started"),
         t("connect", "CLOSED", connecting, after="start_new_cycle"),
         t("connect", "CLOSING", None, after="request_reconnect"),
-        t("connect", connecting_sources, None),
+        t("connect", backing_off, dialing, after="retry_now"),
+        t("connect", dialing, None),
         t("connect", "OPEN", None),
         t("request", "NOT_STARTED", connecting, conditions="is_not_started"),
+        t("request", "CLOSED", connecting, conditions="heals_on_use", after="start_new_cycle"),
         t("request", connecting_sources, None),
         t("request", "OPEN", None, conditions="can_interact"),
         t("ready", dialing, "OPEN", after="flush_edits"),
+        t("fail", dialing, "CLOSED", unless="rng_ok", after="stop_on_bad_draw"),
         t("fail", dialing, backing_off, conditions="attempts_left", after="count_failure"),
         t("fail", dialing, "CLOSED", after="count_failure"),
+        t("defer", dialing, backing_off),
         t("retry", backing_off, dialing),
+        t("drop", "OPEN", "CLOSED", unless="rng_ok", after="stop_on_bad_draw"),
         t("drop", "OPEN", backing_off, conditions="stayed_up", after="reset_attempts"),
         t("drop", "OPEN", backing_off, conditions="attempts_left", after="count_failure"),
         t("drop", "OPEN", "CLOSED", after="count_failure"),
@@ -271,6 +307,10 @@ def _reconnect_requested(m: DictFSM, **_: Any) -> bool:
     return m.reconnect
 
 
+def _bad_draw(m: DictFSM, **_: Any) -> bool:
+    return False  # the lifecycle's `unless="rng_ok"`: a bad jitter draw ends the cycle
+
+
 def _count_failure(m: DictFSM, **_: Any) -> None:
     m.n_attempts += 1
 
@@ -306,11 +346,13 @@ _TABLE: dict[tuple[str, str], tuple[tuple[_Guard, str | None, _Action], ...]] = 
     ("OPEN", "request"): ((None, None, None),),
     ("DIALING", "ready"): ((None, "OPEN", _nothing),),
     ("DIALING", "fail"): (
+        (_bad_draw, "CLOSED", _nothing),
         (_attempts_left, "BACKING_OFF", _count_failure),
         (None, "CLOSED", _count_failure),
     ),
     ("BACKING_OFF", "retry"): ((None, "DIALING", None),),
     ("OPEN", "drop"): (
+        (_bad_draw, "CLOSED", _nothing),
         (_stayed_up, "BACKING_OFF", _reset_attempts),
         (_attempts_left, "BACKING_OFF", _count_failure),
         (None, "CLOSED", _count_failure),
@@ -328,8 +370,11 @@ _TABLE: dict[tuple[str, str], tuple[tuple[_Guard, str | None, _Action], ...]] = 
         (None, "CLOSED", None),
     ),
 }
+_TABLE[("DIALING", "connect")] = ((None, None, None),)
+_TABLE[("BACKING_OFF", "connect")] = ((None, "DIALING", _reset_attempts),)
+_TABLE[("CLOSED", "request")] = ((None, "DIALING", _start_new_cycle),)
+_TABLE[("DIALING", "defer")] = ((None, "BACKING_OFF", None),)
 for _phase in _CONNECTING:
-    _TABLE[(_phase, "connect")] = ((None, None, None),)
     _TABLE[(_phase, "request")] = ((None, None, None),)
     _TABLE[(_phase, "close")] = ((None, "CLOSED", _nothing),)
 
