@@ -63,17 +63,27 @@ cycle's next failure or drop end in ``CLOSED(ERROR)`` with ``last_cause`` saying
 the rng returned, instead of a negative or NaN wait. The core never raises from
 inside the engine.
 
-Edits are not machine events: an engine event costs about 200 µs, an edit must
-cost a dict assignment. :meth:`ConnectionLifecycle.edit` and
-:meth:`ConnectionLifecycle.ack` go straight to the :class:`~fsm.EditBuffer`, and
-``state``/``can_interact`` read a cached value. The engine itself is built on the
-first event, so an idle NOT_STARTED lifecycle costs only a few small objects.
+No lifecycle builds an engine. Every lifecycle's events go to the one engine of
+``_LifecycleMachine``, shared by all of them, through the cache of that engine's
+decisions (:mod:`fsm._engine`): the engine decides each (configuration, event, guard
+values) the first time it occurs, with this lifecycle as its owner, and later
+identical keys replay the callbacks it ran, on their own lifecycle, in its order. So
+python-statemachine decides every transition, an active lifecycle costs a few
+kilobytes instead of tens, and a transition a fraction of an engine event. Events run
+one at a time under one lock (the engine is not re-entrant; a lifecycle may be used
+from several threads). :attr:`ConnectionLifecycle.machine` builds a per-instance
+engine on demand, for inspection and tests; from then on that lifecycle's events go
+through it, plain python-statemachine (``tests/test_engine_equivalence.py`` proves
+both paths agree on every reachable configuration and input).
 
-After each event the lifecycle reads the engine's new configuration once (a
-``StateMachine`` raises when an event takes no transition), records it as a
+Edits are not machine events: an edit must cost a dict assignment.
+:meth:`ConnectionLifecycle.edit` and :meth:`ConnectionLifecycle.ack` go straight to
+the :class:`~fsm.EditBuffer`, and ``state``/``can_interact`` read a cached value.
+
+After each event the lifecycle records where the engine's decision led as a
 :class:`~fsm.Transition` and hands that to the observers, the transition logger
-among them. No generic per-transition hook is registered on the engine: the engine
-pays for every callback it binds, on every instance and every event.
+among them, once the event is done (outside the lock). No generic per-transition
+hook is registered on the engine.
 """
 
 from __future__ import annotations
@@ -388,7 +398,12 @@ class ConnectionLifecycle:
 
     @property
     def machine(self) -> _LifecycleMachine:
-        """The python-statemachine instance (built on first use); for diagrams and tests."""
+        """A python-statemachine engine of this lifecycle's own, for inspection and tests.
+
+        Built on first use, in the lifecycle's current configuration; from then on this
+        lifecycle's events go through it (plain python-statemachine, slower, about 60
+        KiB) instead of the shared engine. Diagrams are drawn from the machine class.
+        """
         return self._engine()
 
     # -- events (rare: through the engine) ---------------------------------------------
