@@ -2,18 +2,25 @@
 
 Every configuration of :class:`fsm.ConnectionLifecycle` reachable from a fresh one is
 enumerated by breadth-first search. A configuration is the tuple (state, phase,
-attempts, close reason, reconnect-after-close flag, edit buffer status); the buffer
-status is ``empty``, ``pending`` (edits recorded while not OPEN, none in flight) or
-``in-flight`` (sent, not yet acknowledged). The uptime of a dropped connection is not
-part of a configuration: it is the argument of the two ``drop`` events, one just
-under ``min_uptime`` and one exactly at it.
+attempts, close reason, reconnect-after-close flag, edit buffer status, whether the
+buffer holds acknowledged code, whether the rng draws bad values, whether the jitter
+draw of the attempt in progress is bad); the buffer status is ``empty``, ``pending``
+(edits recorded while not OPEN, none in flight) or ``in-flight`` (sent, not yet
+acknowledged). The draw is only read while DIALING or OPEN (entering DIALING draws
+anew), so elsewhere it is not part of the configuration. The arguments of events are
+not part of a configuration either: ``drop`` comes with an uptime just under
+``min_uptime`` and one exactly at it, ``ready`` with the seq of a server that kept its
+state, of one that lost it (0) and of one ahead of the client, ``fail`` with and without
+a ``Retry-After``.
 
-python-statemachine instances cannot simply be deep-copied (the engine re-evaluates
-its guards while its owner is only half restored), so a configuration is re-entered
-either by replaying the shortest event path that first reached it on a fresh lifecycle
-(used for the small policy), or by a deep copy that restores the owner before the
-engine (used for the default policy, several times faster); a test checks that both
-explore exactly the same graph.
+All the lifecycles of one exploration share one python-statemachine engine (a
+lifecycle gives its engine its own configuration before every event, as the shared
+engine of ``fsm._engine`` is given it; the exploration sets the owner). A configuration
+is re-entered either by replaying the shortest event path that first reached it on a
+fresh lifecycle (used for the small policy), or by a deep copy of a lifecycle that is
+in it, its engine left out (used for the default policy, faster); a test checks that
+both explore exactly the same graph. (A lifecycle with its own engine cannot simply be
+deep-copied: the engine re-evaluates its guards while its owner is half restored.)
 
 Each edge of the graph is checked against the invariants (1, 3, 4, 6, 7 of section 8),
 each configuration for "connect, then a healthy server, reaches OPEN" (invariant 2,
@@ -45,6 +52,7 @@ from fsm import (
     ConnState,
     Dial,
     Effect,
+    EditTooLarge,
     Flush,
     HangUp,
     InvalidTransition,
@@ -53,6 +61,8 @@ from fsm import (
     RetryPolicy,
     SendEdit,
 )
+from fsm._engine import config_value
+from fsm._frames import encode_frame
 from fsm._machine import _LifecycleMachine
 
 #: The policies explored: a small one and the default (25 attempts).
@@ -63,17 +73,42 @@ CELL = "cell-1"
 CAUSE = "model-check cause"
 #: A sequence number never issued (what an ack of nothing in flight carries).
 UNKNOWN_SEQ = 10**9
+#: The Retry-After of ``fail(retry_after)``: above every scheduled delay, below the cap.
+RETRY_AFTER = 30.0
+#: The delay of ``defer``.
+DEFER_DELAY = 2.5
+#: How far ahead of the client ``ready(ahead)``'s server is (a client restarted with the
+#: same session id).
+AHEAD = 1000
+#: The frame limit every server of the exploration announces (small, so that an edit too
+#: large for it is cheap to build and to measure).
+FRAME_LIMIT = 4096
+#: What a broken rng returns.
+BAD_DRAW = 2.0
+
+
+class BadRandom:
+    """An rng whose ``random()`` returns a value outside [0, 1)."""
+
+    def random(self) -> float:
+        return BAD_DRAW
 
 EMPTY, PENDING, IN_FLIGHT = "empty", "pending", "in-flight"
 
 #: Every input of the core: the lifecycle events (``request`` both through its public fast
-#: path and through the engine), both uptime classes of ``drop``, an edit and an ack.
+#: path and through the engine), both uptime classes of ``drop``, ``ready`` from a server
+#: that kept its state, lost it or is ahead, ``fail`` with a Retry-After, an edit, one too
+#: large for any frame, an ack, and the rng starting or ceasing to draw bad values.
 EVENTS = (
     "connect",
     "request",
     "request(engine)",
     "ready",
+    "ready(lost)",
+    "ready(ahead)",
     "fail",
+    "fail(retry_after)",
+    "defer",
     "retry",
     "drop(uptime<min)",
     "drop(uptime>=min)",
@@ -82,8 +117,14 @@ EVENTS = (
     "close",
     "close_finished",
     "edit",
+    "edit(too large)",
     "ack",
+    "rng(bad)",
+    "rng(good)",
 )
+#: Inputs that never reach the engine (retry: only in BACKING_OFF; request: only outside
+#: CONNECTING and OPEN, checked separately).
+NOT_ENGINE = ("edit", "edit(too large)", "ack", "rng(bad)", "rng(good)")
 
 INTERACTIVE = {ConnState.NOT_STARTED, ConnState.OPEN}
 
@@ -119,11 +160,17 @@ class Config:
     close_reason: CloseReason | None
     reconnect_after_close: bool
     buffer: str
+    acked: bool = False
+    rng_bad: bool = False
+    draw_bad: bool = False
 
     def __str__(self) -> str:
         where = self.phase.value if self.phase else self.state.value
         reason = f"({self.close_reason.value})" if self.close_reason else ""
         flag = " +reconnect" if self.reconnect_after_close else ""
+        flag += " +acked" if self.acked else ""
+        flag += " +rng-bad" if self.rng_bad else ""
+        flag += " +draw-bad" if self.draw_bad else ""
         return f"{where}{reason} attempts={self.attempts} buffer={self.buffer}{flag}"
 
 
@@ -137,6 +184,7 @@ def buffer_status(lc: ConnectionLifecycle) -> str:
 
 
 def config_of(lc: ConnectionLifecycle) -> Config:
+    draw_read = lc.phase is Phase.DIALING or lc.state is ConnState.OPEN
     return Config(
         lc.state,
         lc.phase,
@@ -144,6 +192,9 @@ def config_of(lc: ConnectionLifecycle) -> Config:
         lc.close_reason,
         lc._reconnect_after_close,
         buffer_status(lc),
+        bool(lc.buffer.acknowledged),
+        isinstance(lc._rng, BadRandom),
+        draw_read and lc._draw_problem is not None,
     )
 
 
@@ -198,6 +249,26 @@ def apply(lc: ConnectionLifecycle, event: str, n: int) -> Outcome:
         if event == "edit":
             effect = lc.edit(CELL, f"code {n}")
             return Outcome([effect] if effect is not None else [])
+        if event == "edit(too large)":
+            lc.edit(CELL, "x" * lc.max_frame_size)
+            raise AssertionError("an edit larger than any frame was accepted")
+        if event == "rng(bad)":
+            lc._rng = BadRandom()  # type: ignore[assignment]
+            return Outcome()
+        if event == "rng(good)":
+            lc._rng = random.Random(n)
+            return Outcome()
+        if event == "ready":
+            # A server that kept its state has received every seq this client sent.
+            return Outcome(lc.ready(seq=lc.buffer.last_seq, max_frame_size=FRAME_LIMIT))
+        if event == "ready(lost)":
+            return Outcome(lc.ready(seq=0, max_frame_size=FRAME_LIMIT))
+        if event == "ready(ahead)":
+            return Outcome(lc.ready(seq=lc.buffer.last_seq + AHEAD, max_frame_size=FRAME_LIMIT))
+        if event == "fail(retry_after)":
+            return Outcome(lc.fail(cause=CAUSE, retry_after=RETRY_AFTER))
+        if event == "defer":
+            return Outcome(lc.defer(DEFER_DELAY))
         if event == "ack":
             seqs = sorted(lc.buffer.in_flight_seqs)
             if not seqs:
@@ -215,7 +286,7 @@ def apply(lc: ConnectionLifecycle, event: str, n: int) -> Outcome:
             return Outcome(getattr(lc, event)(cause=CAUSE))
         method: Callable[[], list[Effect]] = getattr(lc, event)
         return Outcome(method())
-    except (InvalidTransition, NotConnected) as exc:
+    except (InvalidTransition, NotConnected, EditTooLarge) as exc:
         return Outcome(error=exc)
 
 
@@ -266,16 +337,35 @@ class Explorer:
         self.declared = {id(t): t for t in declared_transitions()}
         self.forks = 0
         self.serial = 0
+        self.engine: _LifecycleMachine | None = None
         # Lifecycles standing for each configuration not yet explored.
         self.kept: dict[Config, list[ConnectionLifecycle]] = {}
 
     def fresh(self) -> ConnectionLifecycle:
-        lc = ConnectionLifecycle(self.graph.policy, random.Random(0), log_transitions=False)
-        lc.machine.add_listener(self.recorder)  # type: ignore[no-untyped-call]
+        lc = ConnectionLifecycle(
+            self.graph.policy, random.Random(0), max_frame_size=FRAME_LIMIT, log_transitions=False
+        )
+        if self.engine is None:
+            self.engine = lc.machine
+            self.engine.add_listener(self.recorder)  # type: ignore[no-untyped-call]
+        else:
+            lc._machine = self.engine
+        return lc
+
+    def use(self, lc: ConnectionLifecycle) -> ConnectionLifecycle:
+        """Make the exploration's one engine ``lc``'s before ``lc`` gets an input.
+
+        ``ConnectionLifecycle`` gives its engine its own configuration before every event
+        (as the shared engine of :mod:`fsm._engine` is given it); the owner is the one
+        thing left to set. Building an engine per lifecycle, and deep-copying one, cost
+        milliseconds each: most of what an exploration would otherwise spend.
+        """
+        assert self.engine is not None and lc._machine is self.engine
+        self.engine._owner = lc
         return lc
 
     def replay(self, path: tuple[str, ...]) -> ConnectionLifecycle:
-        lc = self.fresh()
+        lc = self.use(self.fresh())
         for n, event in enumerate(path):
             outcome = apply(lc, event, n)
             assert outcome.error is None, f"replaying {path} failed at {event}: {outcome.error}"
@@ -284,9 +374,13 @@ class Explorer:
     def clone(self, lc: ConnectionLifecycle) -> ConnectionLifecycle:
         copied = ConnectionLifecycle.__new__(ConnectionLifecycle)
         memo: dict[int, Any] = {id(lc): copied, id(self.recorder): self.recorder}
+        # The rng is shared: a configuration depends on whether it draws bad values, not on
+        # which good ones (and copying its state is most of the cost of a copy).
+        memo[id(lc._rng)] = lc._rng
+        memo[id(lc.policy)] = lc.policy
         fields = {k: v for k, v in vars(lc).items() if k != "_machine"}
         vars(copied).update(copy.deepcopy(fields, memo))
-        copied._machine = copy.deepcopy(lc._machine, memo)
+        copied._machine = self.engine  # shared: it holds no state of its own between events
         return copied
 
     def fork(self, config: Config) -> ConnectionLifecycle:
@@ -343,8 +437,11 @@ class Explorer:
         """Apply ``event`` in ``before``; check the edge; return the new configuration."""
         self.serial += 1
         n = 10**6 + self.serial  # numbers the code of an edit: every edit's code is new
+        self.use(lc)
         unsent = lc.buffer.unsent
         pending = lc.pending_edits
+        acknowledged = lc.buffer.acknowledged
+        last_seq = lc.buffer.last_seq
         last_cause = lc.last_cause
         self.recorder.taken.clear()
         outcome = apply(lc, event, n)
@@ -361,11 +458,10 @@ class Explorer:
             event,
             outcome.effects,
             after,
-            unsent,
-            pending,
-            lc.pending_edits,
+            Buffers(unsent, pending, lc.pending_edits, acknowledged, last_seq, lc._waits),
             n,
         )
+        check_seqs(lc, event, outcome.effects, last_seq)
         check_state(lc, after, f"{before} --{event}--> {after}")
         check_taken(event, before, after, taken, self.declared)
         self.graph.taken.update(id(t) for t in taken)
@@ -374,20 +470,21 @@ class Explorer:
 
     def check_recovery(self, lc: ConnectionLifecycle, config: Config) -> None:
         """Invariant 2 (core part): connect, then a healthy server, reaches OPEN, losing nothing."""
+        self.use(lc)
         pending = lc.pending_edits
         steps = ["connect"]
         effects = lc.connect()
         if lc.state is ConnState.CLOSING:
             steps.append("close_finished")
             effects += lc.close_finished()
-        if lc.phase is Phase.BACKING_OFF:
-            steps.append("retry")
-            effects += lc.retry()
         if lc.state is ConnState.CONNECTING:
+            # connect never leaves a wait in place: from BACKING_OFF it dials at once.
+            assert lc.phase is Phase.DIALING, f"{config}: {steps} left {config_of(lc)}"
             steps.append("ready")
-            effects += lc.ready()
+            # A healthy server that kept its state.
+            effects += lc.ready(seq=lc.buffer.last_seq, max_frame_size=FRAME_LIMIT)
         assert lc.state is ConnState.OPEN, f"{config}: {steps} ended in {config_of(lc)}"
-        assert len(steps) <= 4
+        assert len(steps) <= 3
         assert lc.pending_edits == pending, f"{config}: edits lost on the way to OPEN"
         assert not lc.buffer.unsent, f"{config}: OPEN with edits never flushed"
         flushes = [e for e in effects if isinstance(e, Flush)]
@@ -420,15 +517,32 @@ def check_refused(
         base = name.split("(")[0]
         assert error.event == base and error.state is before.state, (before, event, error)
         assert base in str(error) and before.state.value in str(error), error
-        assert base not in error.allowed, (before, event, error)
+        if base != "request":  # request is declared in CLOSED, behind heals_on_use
+            assert base not in error.allowed, (before, event, error)
         assert error.allowed, f"no way out of {before}"
+        if base == "request":
+            assert refuses_requests(before), (before, event)
     elif isinstance(error, NotConnected):
-        # The public request() refuses CLOSING and CLOSED with NotConnected, pointing at connect().
+        # request() refuses CLOSING and CLOSED(USER, REJECTED, ERROR), pointing at connect().
         assert event == "request", error
-        assert before.state in (ConnState.CLOSING, ConnState.CLOSED)
+        assert refuses_requests(before), (before, error)
         assert "connect()" in str(error)
+        if before.close_reason is not None:
+            assert f"CLOSED({before.close_reason.value})" in str(error), error
+    elif isinstance(error, EditTooLarge):
+        assert event == "edit(too large)", error
+        assert error.cell_id == CELL and error.limit == lc.max_frame_size < error.size, error
+        assert str(error.size) in str(error) and str(error.limit) in str(error), error
     else:
         assert event == "ack" and before.buffer != IN_FLIGHT, error
+
+
+def refuses_requests(config: Config) -> bool:
+    """Where the table of DESIGN.md section 3 says request() raises NotConnected."""
+    return config.state is ConnState.CLOSING or (
+        config.state is ConnState.CLOSED
+        and config.close_reason not in (CloseReason.GAVE_UP, CloseReason.SHUTDOWN)
+    )
 
 
 def check_state(lc: ConnectionLifecycle, config: Config, where: str) -> None:
@@ -439,8 +553,11 @@ def check_state(lc: ConnectionLifecycle, config: Config, where: str) -> None:
     assert (config.phase is not None) is (config.state is ConnState.CONNECTING), where
     assert (config.close_reason is not None) is (config.state is ConnState.CLOSED), where
     assert (config.state, config.phase) in ENGINE_IDS, where
-    # The cached state and phase (the fast reads) agree with the engine's configuration.
-    active = {s.id for s in lc.machine.configuration}
+    # The cached state and phase (the fast reads) agree with the configuration the engine
+    # last left this lifecycle in (the one it is given before the next event).
+    machine = lc.machine
+    machine.current_state_value = config_value(lc._config)
+    active = {s.id for s in machine.configuration}
     assert active == ENGINE_IDS[(config.state, config.phase)], f"{where}: engine in {active}"
     if config.reconnect_after_close:
         assert config.state is ConnState.CLOSING, where
@@ -468,8 +585,14 @@ def driver_after(before: str | None, event: str, effects: list[Effect]) -> str |
         assert now == SOCKET, "drop without an open socket"
         now = None
     elif name == "retry":
-        assert now == TIMER, "retry without a timer"
-        now = None
+        if now == TIMER:
+            now = None
+        else:
+            # A timer cancelled (or never started) that fires anyway: nothing happens.
+            assert effects == [], "a retry without a timer did something"
+    elif name == "defer":
+        assert now == DIAL, "defer without a dial to put off"
+        now = None  # the attempt was never started
     elif name == "close_finished":
         assert now == HANGING_UP, "close_finished without a close in progress"
         now = None
@@ -492,21 +615,68 @@ def driver_after(before: str | None, event: str, effects: list[Effect]) -> str |
     return now
 
 
+@dataclass
+class Buffers:
+    """What the edit buffer held before an input (and ``pending_after``, after it)."""
+
+    unsent: dict[str, str]
+    pending: dict[str, str]
+    pending_after: dict[str, str]
+    acknowledged: dict[str, str]
+    last_seq: int
+    waits_after: int
+
+
+def check_seqs(lc: ConnectionLifecycle, event: str, effects: list[Effect], last_seq: int) -> None:
+    """Protocol v2: every new frame's seq is above the client's last one and kernel-ready's."""
+    floor = last_seq
+    if event == "ready(ahead)":
+        floor = last_seq + AHEAD
+    seqs: list[int] = []
+    for effect in effects:
+        if isinstance(effect, SendEdit):
+            seqs.append(effect.seq)
+        if isinstance(effect, Flush):
+            seqs.extend(frame.seq for frame in effect.batch.frames)
+    assert seqs == sorted(set(seqs)), f"{event}: seqs {seqs} not increasing"
+    assert all(seq > floor for seq in seqs), f"{event}: seqs {seqs} not above {floor}"
+    assert lc.buffer.last_seq == (seqs[-1] if seqs else last_seq), event
+
+
+def check_flush(
+    event: str, batch: Any, buffers: Buffers, limit: int, where: str
+) -> None:
+    """A flush carries every unsent edit (every edited cell for a server that lost its
+    state) in cell order, latest code, in frames under the limit, auto_run on the last."""
+    expected = dict(buffers.unsent)
+    if event == "ready(lost)" and buffers.acknowledged:
+        expected = {**buffers.acknowledged, **buffers.unsent}
+    assert batch.codes == expected, where
+    assert list(batch.codes) == list(expected), where
+    assert batch.undeliverable == (), where
+    assert [f.auto_run for f in batch.frames] == [False] * (len(batch.frames) - 1) + [True]
+    for frame in batch.frames:
+        text = encode_frame(
+            "instantiate", {"seq": frame.seq, "codes": frame.codes, "auto_run": frame.auto_run}
+        )
+        assert len(text.encode("utf-8")) <= limit, where
+
+
 def check_edge(
     policy: RetryPolicy,
     before: Config,
     event: str,
     effects: list[Effect],
     after: Config,
-    unsent: dict[str, str],
-    pending: dict[str, str],
-    pending_after: dict[str, str],
+    buffers: Buffers,
     n: int,
 ) -> None:
-    """Invariants 3, 4, 6 and 7 on one edge of the graph, and no edit lost."""
+    """Invariants 3, 4, 6 and 7 on one edge of the graph, the recovery table of DESIGN.md
+    section 3, and no edit lost."""
     where = f"{before} --{event}--> {after}: {effects}"
     name = event.split("(")[0]
     max_attempts = policy.max_attempts
+    pending, pending_after = buffers.pending, buffers.pending_after
 
     # 3: CONNECTING always has exactly an attempt or a timer in flight, as the effects say.
     try:
@@ -520,8 +690,14 @@ def check_edge(
             assert effect.timeout == policy.connect_timeout, where
         if isinstance(effect, Backoff):
             assert effect.attempt == after.attempts, where
-            nominal = policy.nominal_delay(max(1, after.attempts))
-            assert (1 - policy.jitter) * nominal <= effect.delay <= nominal, where
+            if event == "defer":
+                assert effect.delay == DEFER_DELAY, where  # exactly the driver's delay
+                continue
+            nominal = policy.nominal_delay(buffers.waits_after)
+            if event == "fail(retry_after)":
+                assert effect.delay == max(RETRY_AFTER, nominal) == RETRY_AFTER, where
+            else:
+                assert (1 - policy.jitter) * nominal <= effect.delay <= nominal, where
 
     # 4: at most max_attempts failed attempts per cycle, then CLOSED(GAVE_UP).
     assert 0 <= after.attempts <= max_attempts, where
@@ -529,10 +705,17 @@ def check_edge(
         assert after.attempts == max_attempts, where
     else:
         assert after.attempts < max_attempts, where
-    new_cycle = (name == "connect" and before.state is ConnState.CLOSED) or (
-        name == "close_finished" and after.state is ConnState.CONNECTING
+    new_cycle = (
+        (name in ("connect", "request") and before.state is ConnState.CLOSED)
+        or (name == "close_finished" and after.state is ConnState.CONNECTING)
+        or (name == "connect" and before.phase is Phase.BACKING_OFF)  # retry now
     )
-    if name == "fail" or event == "drop(uptime<min)":
+    stopped = after.close_reason is CloseReason.ERROR and before.state is not ConnState.CLOSED
+    if stopped:
+        # A bad jitter draw, and only that, ends a cycle on a failure or drop with ERROR.
+        assert name in ("fail", "drop") and before.draw_bad, where
+        expected = before.attempts
+    elif name == "fail" or event == "drop(uptime<min)":
         expected = before.attempts + 1
     elif event == "drop(uptime>=min)" or new_cycle:
         expected = 0
@@ -541,6 +724,22 @@ def check_edge(
     assert after.attempts == expected, where
     if after.attempts == max_attempts:
         assert after.close_reason is CloseReason.GAVE_UP, where
+    if name in ("fail", "drop") and before.draw_bad:
+        assert after.close_reason is CloseReason.ERROR, where
+
+    # The recovery table of DESIGN.md section 3.
+    if name == "connect" and before.phase is Phase.BACKING_OFF:
+        assert effects == [HangUp(graceful=False), Dial(1, policy.connect_timeout)], where
+    if name == "request":
+        if before.state is ConnState.CLOSED:
+            assert before.close_reason in (CloseReason.GAVE_UP, CloseReason.SHUTDOWN), where
+            assert effects == [Dial(1, policy.connect_timeout)], where
+        if before.state is ConnState.CONNECTING:
+            assert effects == [] and after == before, where  # never resets the budget
+    if name == "retry" and before.phase is not Phase.BACKING_OFF:
+        assert effects == [] and after == before, where
+    if name == "defer":
+        assert before.phase is Phase.DIALING and after.phase is Phase.BACKING_OFF, where
 
     # 6: exactly one flush per entry into OPEN (on ready), carrying every unsent edit.
     flushes = [e for e in effects if isinstance(e, Flush)]
@@ -548,7 +747,7 @@ def check_edge(
     assert len(flushes) == (1 if entered_open else 0), where
     assert (name == "ready") is entered_open, where
     if flushes:
-        assert flushes[0].batch.codes == unsent, where
+        check_flush(event, flushes[0].batch, buffers, FRAME_LIMIT, where)
     sends = [e for e in effects if isinstance(e, SendEdit)]
     if name == "edit":
         assert len(sends) == (1 if before.state is ConnState.OPEN else 0), where
@@ -562,11 +761,14 @@ def check_edge(
     if before.state is ConnState.NOT_STARTED and name in ("connect", "request"):
         assert effects == [Dial(1, policy.connect_timeout)], where
 
-    # Edits are never lost: an edit replaces its cell's code, only an ack forgets one.
+    # Edits are never lost: an edit replaces its cell's code, only an ack forgets one; a
+    # server that lost its state makes every acknowledged cell pending again.
     if name == "edit":
         assert pending_after == {**pending, CELL: f"code {n}"}, where
     elif name == "ack":
         assert pending_after.items() < pending.items(), where
+    elif event == "ready(lost)" and buffers.acknowledged:
+        assert pending_after == {**buffers.acknowledged, **pending}, where
     else:
         assert pending_after == pending, where
 
@@ -576,8 +778,10 @@ def check_taken(
 ) -> None:
     """The engine took exactly the one declared transition this input names (or none)."""
     name = event.split("(")[0]
-    if event in ("edit", "ack") or (
-        event == "request" and before.state in (ConnState.CONNECTING, ConnState.OPEN)
+    if (
+        event in NOT_ENGINE
+        or (event == "request" and before.state in (ConnState.CONNECTING, ConnState.OPEN))
+        or (event == "retry" and before.phase is not Phase.BACKING_OFF)
     ):
         assert taken == [], f"{event} in {before} went through the engine"
         return
@@ -647,19 +851,33 @@ def test_the_reachable_configurations_are_exactly_the_expected_ones(max_attempts
     """The reachable set is exactly what the design allows, so no configuration hides or leaks."""
     n = max_attempts
     expected: set[Config] = set()
+    flags = [(rng_bad, acked) for rng_bad in (False, True) for acked in (False, True)]
     for buffer in (EMPTY, PENDING):
-        expected.add(Config(ConnState.NOT_STARTED, None, 0, None, False, buffer))
-        for a in range(n):
-            expected.add(Config(ConnState.CONNECTING, Phase.DIALING, a, None, False, buffer))
-            expected.add(Config(ConnState.CONNECTING, Phase.BACKING_OFF, a, None, False, buffer))
-            for flag in (False, True):
-                expected.add(Config(ConnState.CLOSING, None, a, None, flag, buffer))
-            for reason in (CloseReason.USER, CloseReason.REJECTED, CloseReason.SHUTDOWN):
-                expected.add(Config(ConnState.CLOSED, None, a, reason, False, buffer))
-        expected.add(Config(ConnState.CLOSED, None, n, CloseReason.GAVE_UP, False, buffer))
+        for rng_bad in (False, True):
+            # Nothing was ever acknowledged before the first connection.
+            expected.add(Config(ConnState.NOT_STARTED, None, 0, None, False, buffer, False, rng_bad))
+        for rng_bad, acked in flags:
+            def add(*fields: Any, draw_bad: bool = False) -> None:
+                expected.add(Config(*fields, buffer, acked, rng_bad, draw_bad))  # noqa: B023
+
+            for a in range(n):
+                for draw_bad in (False, True):
+                    add(ConnState.CONNECTING, Phase.DIALING, a, None, False, draw_bad=draw_bad)
+                add(ConnState.CONNECTING, Phase.BACKING_OFF, a, None, False)
+                for flag in (False, True):
+                    add(ConnState.CLOSING, None, a, None, flag)
+                for reason in (
+                    CloseReason.USER, CloseReason.REJECTED, CloseReason.SHUTDOWN, CloseReason.ERROR
+                ):
+                    add(ConnState.CLOSED, None, a, reason, False)
+            add(ConnState.CLOSED, None, n, CloseReason.GAVE_UP, False)
     for buffer in (EMPTY, IN_FLIGHT):
-        for a in range(n):
-            expected.add(Config(ConnState.OPEN, None, a, None, False, buffer))
+        for rng_bad, acked in flags:
+            for a in range(n):
+                for draw_bad in (False, True):
+                    expected.add(
+                        Config(ConnState.OPEN, None, a, None, False, buffer, acked, rng_bad, draw_bad)
+                    )
     reached = set(explore(max_attempts).paths)
     assert sorted(reached - expected, key=str) == []
     assert sorted(expected - reached, key=str) == []
@@ -685,11 +903,17 @@ def test_every_declared_transition_is_taken(max_attempts: int) -> None:
 def test_the_declared_transitions_are_the_expected_ones() -> None:
     """The declared transitions that coverage counts are all distinct, guarded branches included."""
     described = {describe_transition(t) for t in declared_transitions()}
-    assert len(described) == len(declared_transitions()) >= 26
+    assert len(described) == len(declared_transitions()) >= 31
     assert ("drop", "open", "backing_off", ("stayed_up",)) in described
     assert ("drop", "open", "backing_off", ("attempts_left",)) in described
     assert ("connect", "not_started", "connecting", ("is_not_started",)) in described
     assert ("request", "open", "open", ("can_interact",)) in described
+    # The recovery table and the new events of issue 11.
+    assert ("connect", "backing_off", "dialing", ()) in described
+    assert ("request", "closed", "connecting", ("heals_on_use",)) in described
+    assert ("defer", "dialing", "backing_off", ()) in described
+    assert ("fail", "dialing", "closed", ("!rng_ok",)) in described
+    assert ("drop", "open", "closed", ("!rng_ok",)) in described
 
 
 @pytest.mark.parametrize("max_attempts", MAX_ATTEMPTS)
@@ -704,21 +928,53 @@ def test_an_event_is_accepted_exactly_where_the_machine_declares_it(max_attempts
     outcomes += [(config, event, False) for config, event in graph.refused]
     seen = set()
     for config, event, accepted in outcomes:
-        if event in ("edit", "ack", "request"):
-            continue  # not engine events (request: its public fast path, checked separately)
+        if event in NOT_ENGINE or event in ("request", "retry"):
+            continue  # not engine events (request, retry: public fast paths, checked apart)
         base = event.removesuffix("(engine)").split("(")[0]
         declared = bool(ENGINE_IDS[(config.state, config.phase)] & sources[base])
+        if base == "request" and config.state is ConnState.CLOSED:
+            # Declared there behind heals_on_use: taken exactly when the cycle gave up
+            # or the server shut down.
+            declared = config.close_reason in (CloseReason.GAVE_UP, CloseReason.SHUTDOWN)
         assert accepted is declared, f"{event} in {config}: accepted={accepted}"
         seen.add((config, event))
-    engine_events = [e for e in EVENTS if e not in ("edit", "ack", "request")]
+    engine_events = [e for e in EVENTS if e not in NOT_ENGINE and e not in ("request", "retry")]
     assert len(seen) == graph.configurations * len(engine_events)
+
+
+def test_retry_is_a_no_op_wherever_no_timer_runs() -> None:
+    """A retry outside BACKING_OFF (a cancelled timer firing anyway) is accepted and does nothing."""
+    graph = explore(MAX_ATTEMPTS[0])
+    retries = [e for e in graph.edges if e.event == "retry"]
+    assert {e.source for e in retries} == set(graph.paths)
+    for edge in retries:
+        if edge.source.phase is not Phase.BACKING_OFF:
+            assert edge.effects == [] and edge.target == edge.source, edge
+
+
+def test_request_heals_exactly_the_closed_states_the_table_says() -> None:
+    """request starts a new cycle from CLOSED(GAVE_UP/SHUTDOWN) and is refused in every other
+    CLOSED reason and in CLOSING (DESIGN.md section 3)."""
+    graph = explore(MAX_ATTEMPTS[0])
+    healed = {e.source.close_reason for e in graph.edges
+              if e.event == "request" and e.source.state is ConnState.CLOSED}  # fmt: skip
+    refused = {(c.state, c.close_reason) for c, event in graph.refused if event == "request"}
+    assert healed == {CloseReason.GAVE_UP, CloseReason.SHUTDOWN}
+    assert refused == {
+        (ConnState.CLOSING, None),
+        (ConnState.CLOSED, CloseReason.USER),
+        (ConnState.CLOSED, CloseReason.REJECTED),
+        (ConnState.CLOSED, CloseReason.ERROR),
+    }
 
 
 def test_nothing_is_dialed_before_the_first_connect_or_request() -> None:
     """Invariant 7 (core part): the first Dial of every path comes from connect or request."""
     graph = explore(MAX_ATTEMPTS[0])
     for config, path in graph.paths.items():
-        lc = ConnectionLifecycle(graph.policy, random.Random(0), log_transitions=False)
+        lc = ConnectionLifecycle(
+            graph.policy, random.Random(0), max_frame_size=FRAME_LIMIT, log_transitions=False
+        )
         for n, event in enumerate(path):
             started = not lc.is_not_started
             outcome = apply(lc, event, n)
@@ -735,7 +991,7 @@ def normalised(effect: Effect) -> object:
     if isinstance(effect, Backoff):
         return ("Backoff", effect.attempt)
     if isinstance(effect, Flush):
-        return ("Flush", tuple(effect.batch.codes))
+        return ("Flush", tuple(effect.batch.codes), len(effect.batch.frames))
     if isinstance(effect, SendEdit):
         return ("SendEdit", effect.cell_id)
     return effect
