@@ -602,6 +602,10 @@ class Connector:
         if link is not None:
             link.abandoned = True
             link.scope.cancel()
+            if link.gated:  # now, not when its task ends: a new cycle may dial at once
+                link.gated = False
+                assert self._dial_gate is not None
+                self._dial_gate.finished(self, trio.current_time(), None)
         timer, self._timer = self._timer, None
         if timer is not None:
             timer.cancel()

@@ -370,3 +370,34 @@ def test_fleet_behind_one_gate_rides_out_an_outage() -> None:
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
     assert len(defers) > FLEET  # the gate held sessions back, during the outage above all
     assert all(deferred_at_dialing_time)
+
+
+def test_closing_a_gated_dial_frees_its_slot_at_once() -> None:
+    """A dial abandoned by close() leaves the gate's count at once, so an immediate new
+    cycle dials again (no "already in flight"), and the bound still holds."""
+    gate = UpstreamGate(GatePolicy(max_in_flight=1))
+    hung: list[float] = []
+
+    async def black_hole(host: str, port: int, secure: bool) -> trio.abc.Stream:
+        hung.append(trio.current_time())
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    async def main() -> None:
+        async with fsm.open_connector(
+            "ws://kernel.invalid/ws", open_stream=black_hole, dial_gate=gate,
+            heartbeat_interval=None, rng=random.Random(0),
+        ) as conn:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(conn.connect)
+                await trio.testing.wait_all_tasks_blocked()
+                assert gate.in_flight == 1 and conn.phase is fsm.Phase.DIALING
+                await conn.aclose()
+                assert gate.in_flight == 0
+                nursery.start_soon(conn.connect)
+                await trio.testing.wait_all_tasks_blocked()
+                assert len(hung) == 2 and gate.in_flight == 1
+                nursery.cancel_scope.cancel()
+        assert gate.in_flight == 0 and gate.waiting == 0
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
