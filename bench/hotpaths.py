@@ -9,9 +9,12 @@ steady state while someone types faster than the link sends), and the writer fre
 edit posts a marker: the most an edit costs). The outbox is drained by nothing while
 timed (it is emptied between batches), so no socket is involved.
 
-None of them may reach the engine: ``_LifecycleMachine.send``, ``__init__`` and the
-python-statemachine ``SyncEngine.processing_loop`` are wrapped with counters for the
-whole section, and the counts during the timed loops are reported (target: 0).
+None of them may reach the engine: ``_LifecycleMachine.send``, ``__init__``, the
+python-statemachine ``SyncEngine.processing_loop`` and the decision cache's
+``DecisionCache.decide`` are wrapped with counters for the whole section, and the
+counts during the timed loops are reported (target: 0). The connectors are marked
+running without entering ``open_connector`` (their edits refuse to work otherwise):
+nothing else of a running connector is used.
 """
 
 from __future__ import annotations
@@ -26,11 +29,12 @@ from common import Case, Row, median, paired_ratio, time_side_by_side
 from statemachine.engines.sync import SyncEngine
 
 import fsm
+from fsm._engine import DecisionCache
 from fsm._machine import _LifecycleMachine
 from fsm.connector import Connector, Link
 
 URL = "ws://127.0.0.1:9/ws"
-COUNTS = {"send": 0, "build": 0, "processing_loop": 0}
+COUNTS = {"send": 0, "build": 0, "processing_loop": 0, "decide": 0}
 
 
 def _counting(key: str, func: Callable[..., Any]) -> Callable[..., Any]:
@@ -70,6 +74,7 @@ def _measure(quick: bool) -> tuple[dict[str, list[float]], dict[str, int]]:
 
     conn_new = Connector(URL, heartbeat_interval=None)
     conn_open = Connector(URL, heartbeat_interval=None)
+    conn_new._running = conn_open._running = True
     # Put the connector's lifecycle in OPEN without dialing, and give it a link whose
     # outbox nobody drains: edits take their real path up to the channel.
     conn_open.lifecycle.connect()
@@ -122,6 +127,7 @@ def run(quick: bool) -> list[Row]:
         (_LifecycleMachine, "send"): "send",
         (_LifecycleMachine, "__init__"): "build",
         (SyncEngine, "processing_loop"): "processing_loop",
+        (DecisionCache, "decide"): "decide",
     }
     saved = {}
     for (cls, attr), key in patches.items():
@@ -132,14 +138,19 @@ def run(quick: bool) -> list[Row]:
         # The Connector parts run inside trio, as they would in an application.
         samples, during = trio.run(_in_trio, quick)
         sanity = fsm.ConnectionLifecycle()
-        sanity.connect()  # proves the counters count
+        sanity.connect()  # proves the counters count (the decision cache)
+        sanity = fsm.ConnectionLifecycle()
+        sanity.machine  # noqa: B018 - and the engine's (a per-instance one)
+        sanity.connect()
     finally:
         for (cls, attr), original in saved.items():
             if original is None:
                 delattr(cls, attr)
             else:
                 setattr(cls, attr, original)
-    assert COUNTS["send"] >= 1 and COUNTS["processing_loop"] >= 1, "counters not wired"
+    assert COUNTS["send"] >= 1 and COUNTS["processing_loop"] >= 1 and COUNTS["decide"] >= 1, (
+        "counters not wired"
+    )
 
     rows = []
     labels = {
@@ -175,6 +186,6 @@ def run(quick: bool) -> list[Row]:
         "2", "engine calls during all hot-path loops", engine_calls, "n",
         target="0", met=engine_calls == 0,
         note=f"send {during['send']}, engine built {during['build']}, "
-        f"processing_loop {during['processing_loop']}",
+        f"processing_loop {during['processing_loop']}, decision cache {during['decide']}",
     ))
     return rows
