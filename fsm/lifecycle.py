@@ -97,6 +97,7 @@ from statemachine.exceptions import TransitionNotAllowed
 
 from fsm._buffer import DEFAULT_EDIT_LIMIT, EditBuffer, FlushBatch
 from fsm._errors import InvalidTransition, NotConnected
+from fsm._frames import MAX_FRAME_SIZE
 from fsm._logging import get_logger
 from fsm._policy import RetryPolicy
 from fsm._types import CloseReason, ConnState, Phase, Transition
@@ -297,7 +298,9 @@ class ConnectionLifecycle:
     ``policy`` sets retries and time-outs; ``rng`` draws the back-off jitter (pass
     ``random.Random(seed)`` for reproducible delays; without one a private
     ``random.Random()`` is made, never the global one); ``edit_limit`` bounds the
-    edit buffer; ``logger`` is the structlog logger transitions are logged to
+    edit buffer; ``max_frame_size`` is the server's frame limit assumed until a
+    ``kernel-ready`` says it (bytes; 1 MiB, the protocol's default); ``logger`` is the
+    structlog logger transitions are logged to
     (``None``: the library's logger ``fsm``, silent until the application configures
     structlog or stdlib ``logging``; ``None`` does not mean "no logging").
     ``log_transitions=False`` logs no transition at all (for a server holding
@@ -311,6 +314,7 @@ class ConnectionLifecycle:
         rng: random.Random | None = None,
         *,
         edit_limit: int = DEFAULT_EDIT_LIMIT,
+        max_frame_size: int = MAX_FRAME_SIZE,
         logger: Any = None,
         observers: list[Callable[[Transition], None]] | None = None,
         log_transitions: bool = True,
@@ -328,7 +332,7 @@ class ConnectionLifecycle:
             rng = random.Random()
         self.policy = policy if policy is not None else _DEFAULT_POLICY
         self._rng = rng
-        self.buffer = EditBuffer(edit_limit)
+        self.buffer = EditBuffer(edit_limit, max_frame_size=max_frame_size)
         self.observers: list[Callable[[Transition], None]] = list(observers or ())
         if log_transitions:
             self.observers.append(TransitionLogger(logger))

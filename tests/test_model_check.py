@@ -51,8 +51,8 @@ from fsm import (
     ConnectionLifecycle,
     ConnState,
     Dial,
-    Effect,
     EditTooLarge,
+    Effect,
     Flush,
     HangUp,
     InvalidTransition,
@@ -855,7 +855,9 @@ def test_the_reachable_configurations_are_exactly_the_expected_ones(max_attempts
     for buffer in (EMPTY, PENDING):
         for rng_bad in (False, True):
             # Nothing was ever acknowledged before the first connection.
-            expected.add(Config(ConnState.NOT_STARTED, None, 0, None, False, buffer, False, rng_bad))
+            expected.add(
+                Config(ConnState.NOT_STARTED, None, 0, None, False, buffer, False, rng_bad)
+            )
         for rng_bad, acked in flags:
             def add(*fields: Any, draw_bad: bool = False) -> None:
                 expected.add(Config(*fields, buffer, acked, rng_bad, draw_bad))  # noqa: B023
@@ -875,9 +877,8 @@ def test_the_reachable_configurations_are_exactly_the_expected_ones(max_attempts
         for rng_bad, acked in flags:
             for a in range(n):
                 for draw_bad in (False, True):
-                    expected.add(
-                        Config(ConnState.OPEN, None, a, None, False, buffer, acked, rng_bad, draw_bad)
-                    )
+                    fields = (ConnState.OPEN, None, a, None, False, buffer)
+                    expected.add(Config(*fields, acked, rng_bad, draw_bad))
     reached = set(explore(max_attempts).paths)
     assert sorted(reached - expected, key=str) == []
     assert sorted(expected - reached, key=str) == []
@@ -943,7 +944,7 @@ def test_an_event_is_accepted_exactly_where_the_machine_declares_it(max_attempts
 
 
 def test_retry_is_a_no_op_wherever_no_timer_runs() -> None:
-    """A retry outside BACKING_OFF (a cancelled timer firing anyway) is accepted and does nothing."""
+    """A retry outside BACKING_OFF (a cancelled timer firing anyway) is accepted, does nothing."""
     graph = explore(MAX_ATTEMPTS[0])
     retries = [e for e in graph.edges if e.event == "retry"]
     assert {e.source for e in retries} == set(graph.paths)
