@@ -387,17 +387,16 @@ def test_closing_a_gated_dial_frees_its_slot_at_once() -> None:
         async with fsm.open_connector(
             "ws://kernel.invalid/ws", open_stream=black_hole, dial_gate=gate,
             heartbeat_interval=None, rng=random.Random(0),
-        ) as conn:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(conn.connect)
-                await trio.testing.wait_all_tasks_blocked()
-                assert gate.in_flight == 1 and conn.phase is fsm.Phase.DIALING
-                await conn.aclose()
-                assert gate.in_flight == 0
-                nursery.start_soon(conn.connect)
-                await trio.testing.wait_all_tasks_blocked()
-                assert len(hung) == 2 and gate.in_flight == 1
-                nursery.cancel_scope.cancel()
+        ) as conn, trio.open_nursery() as nursery:
+            nursery.start_soon(conn.connect)
+            await trio.testing.wait_all_tasks_blocked()
+            assert gate.in_flight == 1 and conn.phase is fsm.Phase.DIALING
+            await conn.aclose()
+            assert gate.in_flight == 0
+            nursery.start_soon(conn.connect)
+            await trio.testing.wait_all_tasks_blocked()
+            assert len(hung) == 2 and gate.in_flight == 1
+            nursery.cancel_scope.cancel()
         assert gate.in_flight == 0 and gate.waiting == 0
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
