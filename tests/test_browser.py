@@ -447,7 +447,54 @@ def test_reload_keeps_session_and_tabs_do_not_share(page: Page) -> None:
         assert page.driver.execute_script("return window.fsmPage.link") == "open", (
             "the second tab did not take the first tab's session"
         )
+
+        # A duplicated tab starts with a copy of this tab's sessionStorage; it must not
+        # take (and keep fencing) this tab's session.
+        stored = page.driver.execute_script("return sessionStorage.getItem('fsm-gateway.page')")
+        page.driver.switch_to.new_window("tab")
+        page.driver.get(stack.page_url)
+        page.driver.execute_script("sessionStorage.setItem('fsm-gateway.page', arguments[0])",
+                                   stored)
+        page.driver.refresh()
+        page.wait_state("NOT_STARTED")
+        duplicate = page.session_id()
+        assert duplicate not in (first, second)
+        page.driver.switch_to.window(own)
+        assert page.driver.execute_script("return window.fsmPage.link") == "open"
         assert stack.call(lambda: stack.server.handshakes) == 0, "lazy: no upstream yet"
+        assert page.console_errors() == []
+
+
+@needs_browser
+def test_page_reconnects_and_resends(page: Page) -> None:
+    """When its own socket drops, the page reconnects and re-sends the edits not acknowledged."""
+    with page.serve(policy=fast_policy()) as stack:
+        page.driver.get(stack.page_url)
+        page.wait_state("NOT_STARTED")
+        session = page.session_id()
+        page.cells()[0].send_keys("a = 1")
+        cell_id = page.cell_id()
+        page.until(lambda: page.marker() == "waiting", "the edit sent, not acknowledged")
+        # The link drops, and the person edits before it is back.
+        page.driver.execute_script("""
+            window.fsmPage.ws.close();
+            const cell = document.querySelector('[data-testid="cell"]');
+            cell.value = "a = 2";
+            cell.dispatchEvent(new Event("input"));
+        """)
+        page.until(lambda: page.driver.execute_script("return window.fsmPage.link") != "open",
+                   "the page saw its link drop")
+        page.until(lambda: page.driver.execute_script("return window.fsmPage.ready"),
+                   "the page reattached")
+        assert page.session_id() == session
+        stack.poll(lambda g: g.sessions[session].doc.get(cell_id) == "a = 2",
+                   "the edit made while the link was down reached the gateway")
+        # The gateway forgets the acks it owed the old socket: only a re-sent edit gets one.
+        page.cell_part(0, "run").click()
+        page.wait_state("OPEN")
+        stack.wait(lambda s: s.cells.get(cell_id) == "a = 2")
+        page.until(lambda: page.marker() == "saved", "the re-sent edit acknowledged")
+        assert page.until(lambda: page.output(0), "the run's output") == "a = 2"
         assert page.console_errors() == []
 
 

@@ -353,7 +353,8 @@
 
   // ---------------------------------------------------------------- receiving
   function onKernelReady(data) {
-    page.ready = true;
+    // Acks owed to an older socket never come: what it carried is sent again below.
+    page.inflight.clear();
     page.link = "open";
     page.linkAttempt = 0;
     if (Number.isInteger(data.seq)) page.seq = Math.max(page.seq, data.seq);
@@ -387,10 +388,13 @@
     }
     page.cells = order;
     const list = $("cells");
-    for (const cell of order) list.append(cell.el);
+    order.forEach((cell, i) => {
+      // Moved only when out of place: moving an element takes the focus from its editor.
+      if (list.children[i] !== cell.el) list.insertBefore(cell.el, list.children[i] || null);
+    });
     if (!page.cells.length) addCell(newCellId(), "");
     renumber();
-    page.inflight.clear();
+    page.ready = true;
     page.cells.forEach(renderMarker);
     saveStore();
     if (data.upstream) onUpstream(data.upstream);
