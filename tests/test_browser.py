@@ -283,6 +283,12 @@ class Page:
             target = ROOT / "docs" / "img" / f"gateway-{name}.png"
             target.parent.mkdir(exist_ok=True)
             self.driver.execute_script("document.activeElement && document.activeElement.blur()")
+            # Colour transitions finished, so the picture shows one state, not a fade.
+            self.driver.execute_async_script("""
+                const done = arguments[arguments.length - 1];
+                const fading = document.getAnimations().filter((a) => a instanceof CSSTransition);
+                Promise.all(fading.map((a) => a.finished.catch(() => null))).then(() => done());
+            """)
             self.driver.save_screenshot(str(target))
 
     @contextlib.contextmanager
