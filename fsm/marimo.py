@@ -86,15 +86,19 @@ if TYPE_CHECKING:
     import argparse
 
     from fsm._buffer import FlushBatch
-    from fsm.connector import Link
+    from fsm.connector import Connector, Link
     from fsm.lifecycle import SendEdit
 
 __all__ = [
+    "CellOutput",
     "MarimoProtocol",
     "MarimoSession",
+    "RunCollector",
+    "RunResult",
     "cell_output",
     "notebook_cells",
     "output_text",
+    "run_cells",
     "run_marimo_command",
 ]
 
@@ -476,6 +480,131 @@ def output_text(mimetype: str, data: Any) -> str:
     return " ".join(text.split()) if "\n" in text or "\t" in text else text.strip()
 
 
+# -- running cells and collecting this run's outputs ----------------------------------------
+
+
+@dataclass(frozen=True)
+class CellOutput:
+    """One thing a cell showed during a run: its output (``channel`` ``"output"``, or
+    ``"marimo-error"`` for an exception) or a console line (``"stdout"``, ``"stderr"``)."""
+
+    cell_id: str
+    channel: str
+    mimetype: str
+    data: Any
+
+    @property
+    def text(self) -> str:
+        """The output as one line of text (see :func:`output_text`)."""
+        return output_text(self.mimetype, self.data)
+
+
+@dataclass
+class RunResult:
+    """What :func:`run_cells` (or a :class:`RunCollector`) collected: every output and
+    console line of the runs, in arrival order; ``outcomes`` maps each run id to marimo's
+    outcome (``"succeeded"``, ...)."""
+
+    outputs: list[CellOutput] = field(default_factory=list)
+    outcomes: dict[str, str] = field(default_factory=dict)
+
+    def output(self, cell_id: str) -> str | None:
+        """The text of ``cell_id``'s last output in this run, or None if it showed none."""
+        shown = [o for o in self.outputs if o.cell_id == cell_id and o.channel != "stdout"
+                 and o.channel != "stderr"]
+        return shown[-1].text if shown else None
+
+    def console(self, cell_id: str, channel: str = "stdout") -> str:
+        """Everything ``cell_id`` printed to ``channel`` (``"stdout"`` or ``"stderr"``)."""
+        return "".join(str(o.data) for o in self.outputs
+                       if o.cell_id == cell_id and o.channel == channel)
+
+
+class RunCollector:
+    """Collects the outputs of the runs that start after it was created.
+
+    Feed it every message (:meth:`feed` returns True once every run it saw start has
+    completed). A run is one the kernel reports as ``queued`` or ``running`` after the
+    collector began: what marimo replays on connecting to a kernel that lived on (cells
+    already ``idle``, with the outputs of earlier runs) is left out. Empty outputs (a cell
+    whose last line is an assignment shows ``""``) are left out too.
+    """
+
+    def __init__(self) -> None:
+        self.result = RunResult()
+        self._runs: set[str] = set()
+        self._pending: set[str] = set()
+
+    @property
+    def started(self) -> bool:
+        """Whether a run has started since the collector began."""
+        return bool(self._runs)
+
+    def feed(self, frame: Frame) -> bool:
+        data = frame.data if isinstance(frame.data, dict) else {}
+        run_id = data.get("run_id")
+        if not isinstance(run_id, str):
+            return self.done
+        if frame.op == "cell-op":
+            if data.get("status") in ("queued", "running") and run_id not in self._runs:
+                self._runs.add(run_id)
+                self._pending.add(run_id)
+            if run_id in self._runs:
+                self._collect(data)
+        elif frame.op == "completed-run" and run_id in self._runs:
+            self._pending.discard(run_id)
+            self.result.outcomes[run_id] = str(data.get("outcome"))
+        return self.done
+
+    @property
+    def done(self) -> bool:
+        """Whether a run started and every run that started has completed."""
+        return bool(self._runs) and not self._pending
+
+    def _collect(self, data: dict[str, Any]) -> None:
+        cell_id = data.get("cell_id")
+        if not isinstance(cell_id, str):
+            return
+        console = data.get("console")
+        items = [data.get("output")] + (console if isinstance(console, list) else [console])
+        for item in items:
+            if not isinstance(item, dict) or not isinstance(item.get("mimetype"), str):
+                continue
+            value = item.get("data")
+            if value == "" or value is None or value == []:
+                continue
+            channel = item.get("channel")
+            self.result.outputs.append(
+                CellOutput(cell_id, channel if isinstance(channel, str) else "output",
+                           item["mimetype"], value)
+            )
+
+
+async def run_cells(conn: Connector, codes: dict[str, str]) -> RunResult:
+    """Edit ``codes`` (cell id to code), connect if needed, and return the outputs of the
+    runs this starts, console included, once they have all completed.
+
+    ``conn`` is a connector with a :class:`MarimoProtocol`. Outputs that marimo replays
+    from an earlier run of a kernel that lived on are not included. Bound the wait with
+    ``trio.fail_after``; connecting raises :class:`~fsm.ConnectionFailed` as
+    ``connect()`` does.
+    """
+    from fsm._types import ConnState
+
+    if not codes:
+        raise ValueError("run_cells needs at least one cell to edit: nothing would run")
+    messages = conn.messages()  # before anything can start a run
+    collector = RunCollector()
+    for cell_id, code in codes.items():
+        conn.edit(cell_id, code)
+    if conn.state is not ConnState.OPEN:
+        await conn.connect()
+    while True:
+        frame = await messages.receive()
+        if collector.feed(frame) and not conn.pending_edits:
+            return collector.result
+
+
 # -- the ``fsm marimo`` command --------------------------------------------------------------
 
 
@@ -513,7 +642,8 @@ def run_marimo_command(args: argparse.Namespace) -> int:
     Prints one line per cell output (``cell_id mimetype value``; a JSON object per
     line with ``--json``) until the run ends. Returns 0 on success, 1 when the server
     cannot be reached, refuses, shuts down or the outputs do not arrive within
-    ``--timeout``, or the notebook cannot be read, and 2 for a bad ``--set``.
+    ``--timeout``, and 2 for a usage error: a bad ``--set``, a notebook that is missing
+    or is not a marimo notebook.
     """
     import sys
 
@@ -541,9 +671,9 @@ async def _run_command(args: argparse.Namespace) -> int:
     try:
         cells = notebook_cells(notebook)
     except FileNotFoundError:
-        raise _CommandError(f"notebook not found: {notebook}") from None
-    except ValueError as exc:
-        raise _CommandError(str(exc)) from None
+        raise _CommandError(f"notebook not found: {notebook}", 2) from None
+    except ValueError as exc:  # not a marimo notebook: a wrong argument too
+        raise _CommandError(str(exc), 2) from None
     edits = _resolve_edits(list(args.edits), cells, notebook)
     try:
         url = normalise_url(args.url)
@@ -640,25 +770,21 @@ async def _announce_retries(changes: Any, where: str, policy: Any) -> None:
 
 
 async def _print_outputs(messages: Any, *, json_lines: bool) -> str:
-    """Print the outputs of the runs started by this connection until one completes."""
-    runs: set[str] = set()
+    """Print the outputs and console lines of the runs started by this connection, as
+    they arrive, until they complete (a :class:`RunCollector` decides which count)."""
+    collector = RunCollector()
+    printed = 0
     async for frame in messages:
-        data = frame.data if isinstance(frame.data, dict) else {}
-        run_id = data.get("run_id")
-        if (
-            frame.op == "cell-op"
-            and data.get("status") in ("queued", "running")
-            and isinstance(run_id, str)
-        ):
-            runs.add(run_id)
-        found = cell_output(frame)
-        if found is not None and (run_id in runs or not isinstance(run_id, str)):
-            cell_id, mimetype, value = found
+        done = collector.feed(frame)
+        for shown in collector.result.outputs[printed:]:
             if json_lines:
-                print(json.dumps({"cell_id": cell_id, "mimetype": mimetype, "value": value}),
+                print(json.dumps({"cell_id": shown.cell_id, "channel": shown.channel,
+                                  "mimetype": shown.mimetype, "value": shown.data}),
                       flush=True)
             else:
-                print(f"{cell_id} {mimetype} {output_text(mimetype, value)}".rstrip(), flush=True)
-        if frame.op == "completed-run" and run_id in runs:
+                kind = shown.mimetype if shown.channel == "output" else shown.channel
+                print(f"{shown.cell_id} {kind} {shown.text}".rstrip(), flush=True)
+        printed = len(collector.result.outputs)
+        if done:
             return "completed"
     return "closed"

@@ -365,12 +365,12 @@ def test_cli_unknown_cell(notebook: Path, capsys: pytest.CaptureFixture[str]) ->
 
 
 def test_cli_not_a_notebook(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """A missing file or a plain script is a one-line error, exit code 1."""
+    """A missing file or a plain script is a one-line usage error, exit code 2."""
     missing = tmp_path / "missing.py"
-    assert cli_main(["marimo", str(missing), "--url", "http://127.0.0.1:9"]) == 1
+    assert cli_main(["marimo", str(missing), "--url", "http://127.0.0.1:9"]) == 2
     script = tmp_path / "script.py"
     script.write_text("print('not a notebook')\n")
-    assert cli_main(["marimo", str(script), "--url", "http://127.0.0.1:9"]) == 1
+    assert cli_main(["marimo", str(script), "--url", "http://127.0.0.1:9"]) == 2
     _, err = capsys.readouterr()
     lines = err.strip().splitlines()
     assert len(lines) == 2 and "Traceback" not in err
