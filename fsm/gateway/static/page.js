@@ -601,8 +601,32 @@
     highlight(shown, state);
   }
 
+  // The diagram's node for a state (CONNECTING shows its phase's node), as Graphviz titles it.
+  let lastNode = null;
+
+  function edgeTitles(from, to) {
+    // Edges into or out of the compound CONNECTING are drawn to its anchors.
+    const inConnecting = (n) => n === "dialing" || n === "backing_off";
+    const froms = [from];
+    const tos = [to];
+    if (inConnecting(from) && !inConnecting(to)) froms.push("connecting_anchor_in", "connecting_anchor_out");
+    if (inConnecting(to) && !inConnecting(from)) tos.push("connecting_anchor_in");
+    return new Set(froms.flatMap((f) => tos.map((t) => `${f}->${t}`)));
+  }
+
   function highlight(shown, state) {
-    const want = new Set([shown.toLowerCase()]);
+    const node = shown.toLowerCase();
+    if (lastNode !== node) {
+      const taken = lastNode ? edgeTitles(lastNode, node) : new Set();
+      for (const g of document.querySelectorAll(".diagram svg g.edge")) {
+        const title = (g.querySelector(":scope > title")?.textContent || "").trim().toLowerCase();
+        const hit = taken.has(title);
+        g.classList.toggle("taken", hit);
+        if (hit) g.setAttribute("data-state", shown); else g.removeAttribute("data-state");
+      }
+      lastNode = node;
+    }
+    const want = new Set([node]);
     for (const g of document.querySelectorAll(".diagram svg g.node, .diagram svg g.cluster")) {
       const title = (g.querySelector(":scope > title")?.textContent || "").trim().toLowerCase();
       const current = g.classList.contains("node") && want.has(title);
