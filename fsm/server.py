@@ -143,6 +143,7 @@ class Faults:
     * ``http_200``: answer the upgrade request with a plain ``200 OK`` and close.
     * ``refuse_handshakes`` / ``refuse_status``: reject the next N upgrade requests with that
       HTTP status; the live counter on :attr:`KernelServer.faults` is decremented per refusal.
+      ``refuse_retry_after``, if set, is sent as the refusal's ``Retry-After`` header.
 
     WebSocket level (after a successful handshake):
 
@@ -162,6 +163,7 @@ class Faults:
     http_200: bool = False
     refuse_handshakes: int = 0
     refuse_status: int = 503
+    refuse_retry_after: str | None = None
     skip_kernel_ready: bool = False
     bad_frames: list[str | bytes] = field(default_factory=list)
     close_after_frames: int | None = None
@@ -534,9 +536,12 @@ class KernelServer:
     async def _listen(self, listeners: list[trio.SocketListener], nursery: trio.Nursery) -> None:
         try:
             with self._accept_scope:
-                # serve_listeners closes the listeners when it exits: that is "stop listening".
-                await trio.serve_listeners(self._handle_tcp, listeners, handler_nursery=nursery)
+                async with trio.open_nursery() as accepting:
+                    for listener in listeners:
+                        accepting.start_soon(self._accept, listener, nursery)
         finally:
+            for listener in listeners:
+                await trio.aclose_forcefully(listener)  # that is "stop listening"
             self._listening = False
             self._not_listening.set()
             self._notify()
@@ -616,7 +621,13 @@ class KernelServer:
             return
         state.writer = conn.order
         for other in self._conns:
-            if other is not conn and other.session_id == conn.session_id and not other.fenced:
+            # Only older ones: a newer connection still in its handshake will fence this
+            # one when it is accepted.
+            if (
+                other.order < conn.order
+                and other.session_id == conn.session_id
+                and not other.fenced
+            ):
                 self._fence_one(other)
 
     def _fence_one(self, conn: _Conn) -> None:
@@ -633,19 +644,34 @@ class KernelServer:
 
     # ------------------------------------------------------------------ per connection
 
+    async def _accept(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
+        """Accept connections one by one, numbering them in the order the kernel accepted
+        them: a handler task's start order is trio's to shuffle, and the fence needs the
+        real order."""
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                # EMFILE and friends: wait a little rather than spin (as serve_listeners does).
+                log.warning("accept_failed", error=repr(exc))
+                await trio.sleep(0.1)
+                continue
+            self._accepted += 1
+            nursery.start_soon(self._handle_tcp, stream, self._accepted)
+
     async def handle_stream(self, raw: trio.abc.Stream) -> None:
         """Serve one client over ``raw``: a TCP stream, or an in-memory one in tests.
 
         With ``trio.testing.memory_stream_pair()`` and a connector's ``open_stream``
         hook, client and server run with no real I/O, so on ``MockClock`` too.
         """
-        await self._handle_tcp(raw)
+        self._accepted += 1
+        await self._handle_tcp(raw, self._accepted)
 
-    async def _handle_tcp(self, raw: trio.abc.Stream) -> None:
+    async def _handle_tcp(self, raw: trio.abc.Stream, order: int) -> None:
         planned = bool(self.fault_plan)
         faults = self.fault_plan.popleft() if planned else self.faults._snapshot()
-        self._accepted += 1
-        conn = _Conn(raw=raw, faults=faults, planned=planned, order=self._accepted)
+        conn = _Conn(raw=raw, faults=faults, planned=planned, order=order)
         self._conns.add(conn)
         self._notify()
         try:
@@ -723,7 +749,9 @@ class KernelServer:
                 self.rejections.append(status)
                 log.info("handshake_rejected", session_id=session_id, status=status)
                 body = json.dumps({"error": _phrase(status)}).encode()
-                await ws_request.reject(status, body=body)
+                retry_after = conn.faults.refuse_retry_after
+                headers = [(b"Retry-After", retry_after.encode())] if retry_after else None
+                await ws_request.reject(status, extra_headers=headers, body=body)
                 self._notify()
             # The reader task has nothing left to do once the session (or rejection) is over.
             nursery.cancel_scope.cancel()

@@ -112,6 +112,7 @@ class _Link:
     release: trio.Event = field(default_factory=trio.Event)
     released: trio.Event = field(default_factory=trio.Event)
     done: trio.Event = field(default_factory=trio.Event)
+    nursery: trio.Nursery | None = None
 
 
 class FaultProxy:
@@ -131,6 +132,8 @@ class FaultProxy:
         self.late_bytes = 0
         self._links: list[_Link] = []
         self._nursery: trio.Nursery | None = None
+        self._upstream_turn = trio.Event()
+        self._upstream_turn.set()
 
     async def serve(
         self, *, task_status: trio.TaskStatus[FaultProxy] = trio.TASK_STATUS_IGNORED
@@ -138,10 +141,32 @@ class FaultProxy:
         """Listen until cancelled."""
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
         self.port = listeners[0].socket.getsockname()[1]
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            task_status.started(self)
-            await trio.serve_listeners(self._handle, listeners, handler_nursery=nursery)
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                task_status.started(self)
+                while True:
+                    client = await listeners[0].accept()
+                    # Numbered here, in accept order (a handler's start order is trio's to
+                    # shuffle), and chained: each connects upstream after the one before.
+                    index = self.connections
+                    self.connections += 1
+                    previous, self._upstream_turn = self._upstream_turn, trio.Event()
+                    nursery.start_soon(self._handle, client, index, previous, self._upstream_turn)
+        finally:
+            for listener in listeners:
+                await trio.aclose_forcefully(listener)
+
+    def stall_now(self) -> None:
+        """Stall the newest connection from now on, both ways, until :meth:`release_all`:
+        a path that goes half-open at a moment the test chooses."""
+        link = self._links[-1]
+        if link.stalled or link.nursery is None:
+            raise RuntimeError("the newest connection is stalled already or not forwarding")
+        link.stalled = True
+        link.fault = ConnFault("stall", link.sent["c2s"], "c2s", None)
+        self.injected["stall"] += 1
+        link.nursery.start_soon(self._stall, link)
 
     async def release_all(self) -> None:
         """Deliver every held byte now; return once each stalled connection has delivered
@@ -154,14 +179,18 @@ class FaultProxy:
             if link.client_gone:
                 await link.done.wait()
 
-    async def _handle(self, client: trio.SocketStream) -> None:
-        index = self.connections
-        self.connections += 1
+    async def _handle(
+        self, client: trio.SocketStream, index: int, previous: trio.Event, mine: trio.Event
+    ) -> None:
         fault = self.plan[index] if index < len(self.plan) else PASS
         link = _Link(index, fault, client)
         self._links.append(link)
         try:
+            # The server must see connections in the order the client made them, as it
+            # would without a proxy: connect upstream only after the previous one did.
+            await previous.wait()
             if fault.kind == "blackhole":
+                mine.set()
                 self.injected["blackhole"] += 1
                 with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                     while await client.receive_some(65536):
@@ -171,10 +200,14 @@ class FaultProxy:
                 link.upstream = await trio.open_tcp_stream("127.0.0.1", self.target_port)
             except OSError:
                 return
+            finally:
+                mine.set()
             async with trio.open_nursery() as nursery:
+                link.nursery = nursery
                 nursery.start_soon(self._pump, link, "c2s", nursery)
                 nursery.start_soon(self._pump, link, "s2c", nursery)
         finally:
+            mine.set()
             link.released.set()
             link.done.set()
             if link.upstream is not None:
