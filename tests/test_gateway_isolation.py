@@ -162,3 +162,22 @@ async def test_a_token_is_required_and_never_shown() -> None:
     for text in shown:
         assert secret.encode() not in text and upstream_secret.encode() not in text
     assert any(entry.get("session_id") == "t" for entry in logs)
+
+
+async def test_an_edit_the_upstream_cannot_take_gets_an_error_with_its_seq() -> None:
+    """An edit too large for the upstream's frame limit is refused with an error frame
+    carrying its seq; the session and its other cells are unaffected."""
+    small = KernelServer(max_frame_size=1024)
+    async with serving(server=small) as server, gateway_to(server) as gw:
+        with trio.fail_after(LIMIT):
+            async with raw_client(gw, "big") as ws:
+                await ws.recv()
+                await ws.send("run", {"cell_id": "a"})  # the upstream learns its limit
+                await ws.until("upstream", lambda d: d["state"] == "OPEN")
+                await ws.send("edit", {"seq": 1, "cell_id": "a", "code": "x" * 4000})
+                error = await ws.until("error")
+                assert error["data"]["op"] == "edit" and error["data"]["seq"] == 1
+                assert error["data"]["reason"] == "edit_refused"
+                await ws.send("edit", {"seq": 2, "cell_id": "b", "code": "fits"})
+                await ws.until("ack", lambda d: d["seq"] == 2)
+        assert server.cells == {"b": "fits"}

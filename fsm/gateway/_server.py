@@ -357,7 +357,7 @@ class Gateway:
                     return
             if request is not None:
                 await self._route(stream, request)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, ConnectionClosed):
             pass  # the peer went away
         except Exception as exc:
             # One broken connection must never take the gateway down.
@@ -450,7 +450,13 @@ class Gateway:
                                 message = await ws.get_message()
                             except ConnectionClosed:
                                 break
-                            self._dispatch(client, message)
+                            try:
+                                self._dispatch(client, message)
+                            except Exception as exc:
+                                # A gateway bug must cost this client only, and say so.
+                                log.error("client_frame_error", session_id=session.session_id,
+                                          error=repr(exc))
+                                client.close(1011, "internal error", "internal_error")
                     client.close(1000, "", "")  # the writer finishes the frame it is sending
             finally:
                 session.detach(client)

@@ -223,6 +223,8 @@ class Session:
         }
         client.push(encode_frame("kernel-ready", ready))
         missed = [(n, text) for n, text in self.history if n > self.delivered]
+        # Never more than the queue holds next to kernel-ready: the newest ones.
+        missed = missed[len(missed) - min(len(missed), self.gateway.send_queue - 1):]
         for n, text in missed:
             client.push(text, n)
         self._log.info("client_attached", replayed=len(missed), upstream=self.upstream.conn_state)
