@@ -248,6 +248,28 @@ class Page:
         self.until(lambda: self.state == state, f"upstream-state {state} (was {self.state})",
                    timeout)
 
+    def highlighted(self) -> str:
+        """The ``<title>`` of the diagram node the page highlights (one, or a list)."""
+        titles = self.driver.execute_script(
+            "return [...document.querySelectorAll('#diagram svg g.node.current > title')]"
+            ".map((t) => t.textContent)"
+        )
+        return str(titles[0]) if len(titles) == 1 else str(titles)
+
+    def view(self) -> dict[str, Any]:
+        """The upstream panel and the diagram's highlight, read at one instant."""
+        return dict(self.driver.execute_script("""
+            const text = (sel) => document.querySelector(sel)?.textContent ?? null;
+            return {
+                state: text('[data-testid="upstream-state"]'),
+                phase: text('#upstream-phase'),
+                words: text('[data-testid="upstream-words"]'),
+                connect: text('[data-testid="connect"]'),
+                highlighted: [...document.querySelectorAll('#diagram svg g.node.current > title')]
+                    .map((t) => t.textContent),
+            };
+        """))
+
     def cells(self) -> list[Any]:
         return self.css('[data-testid="cell"]')
 
@@ -346,6 +368,7 @@ def test_lazy_edit_then_run(page: Page) -> None:
         assert page.connect_button() is not None
         assert "not started" in page.words
         assert page.text("upstream-state") == "NOT_STARTED"
+        assert page.highlighted() == "not_started"
         assert len(page.cells()) == 1, "a new session offers one cell to edit"
 
         page.cells()[0].send_keys("answer = 6 * 7")
@@ -360,6 +383,7 @@ def test_lazy_edit_then_run(page: Page) -> None:
 
         page.cell_part(0, "run").click()
         page.wait_state("OPEN")
+        assert page.highlighted() == "open"
         assert page.connect_button() is None, "Connect cannot act while OPEN"
         stack.wait(lambda s: s.cells.get(cell_id) == "answer = 6 * 7")
         output = page.until(lambda: page.output(0), "the run's output")
@@ -392,18 +416,20 @@ def test_give_up_then_connect_recovers(page: Page) -> None:
         cell_id = page.cell_id()
 
         page.cell_part(0, "run").click()
-        page.until(lambda: page.state == "CONNECTING" and "attempt" in page.words,
-                   "CONNECTING with its attempts shown")
-        words = page.until(
-            lambda: page.state == "CONNECTING" and "next try in" in page.words and page.words,
-            "a back-off with its countdown")
-        assert re.search(r"attempt [12] of 3 failed, next try in \d", words), words
-        assert page.connect_button() is not None, "Retry now while backing off"
-        assert page.connect_button().text == "Retry now"
+        page.until(lambda: (lambda v: v["state"] == "CONNECTING" and "attempt" in v["words"])(
+            page.view()), "CONNECTING with its attempts shown")
+        # One look at the whole page, so a back-off ending meanwhile cannot mix two states.
+        seen = page.until(lambda: (lambda v: "next try in" in v["words"] and v)(page.view()),
+                          "a back-off with its countdown")
+        assert seen["state"] == "CONNECTING" and seen["phase"] == "BACKING_OFF", seen
+        assert re.search(r"attempt [12] of 3 failed, next try in \d", seen["words"]), seen
+        assert seen["connect"] == "Retry now", seen
+        assert seen["highlighted"] == ["backing_off"], seen
         page.shot("backing-off")
 
         page.wait_state("CLOSED")
         assert page.words == "gave up after 3 attempts: press Connect"
+        assert page.highlighted() == "closed"
         assert stack.call(lambda: stack.server.connections_opened) == 0
         page.cells()[0].send_keys("\ny = 2")  # an edit made while the upstream is down
         page.until(lambda: page.marker() == "waiting", "the new edit waits for the kernel")
