@@ -383,7 +383,7 @@ class Gateway:
         if request.is_upgrade:
             await self._upgrade(stream, request)
             return
-        if request.method not in ("GET", "HEAD"):
+        if request.method != "GET":
             await self._refuse(stream, 405, "only GET is served", [("Allow", "GET")])
         elif request.path == "/":
             await stream.send_all(_http.response(200, render_page(), "text/html; charset=utf-8"))

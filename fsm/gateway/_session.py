@@ -23,7 +23,7 @@ catches up: acks may come late, never early.
 from __future__ import annotations
 
 import collections
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Container
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -255,11 +255,11 @@ class Session:
             self.client.push(text, self.messages_seen)
         self.gateway._notify()
 
-    def check_acks(self, pending: Iterable[str] | None = None) -> None:
+    def check_acks(self, pending: Container[str] | None = None) -> None:
         """Ack every waiting client frame whose cells the upstream no longer holds pending."""
         if not self.waiting or self.client is None:
             return
-        held = set(pending if pending is not None else self.upstream.pending_cells())
+        held = pending if pending is not None else self.upstream.pending_cells()
         keep: collections.deque[tuple[int, tuple[str, ...]]] = collections.deque()
         for seq, cells in self.waiting:
             if any(cell in held for cell in cells):
