@@ -324,6 +324,12 @@ class Gateway:
                  pending=session.pending)
         self._notify()
 
+    def _upstream_failed(self, session: Session) -> None:
+        client = session.client
+        self._end_session(session, "upstream_error")
+        if client is not None:
+            client.close(1011, "upstream failed", "upstream_error")
+
     def _wake_reaper(self) -> None:
         self._reaper_wake.set()
         self._notify()

@@ -353,6 +353,10 @@ class Session:
             reason, message = REASON_NOT_CONNECTED, str(exc)
         except LifecycleError as exc:
             reason, message = REASON_NOT_CONNECTED, str(exc)
+        except Exception as exc:
+            # An adapter failing on this request: the request fails, the session stays.
+            self._log.error("request_error", op=op, error=repr(exc))
+            reason, message = REASON_REFUSED, f"request {op!r} failed: {exc}"
         finally:
             self.requests_waiting -= 1
         self.gateway.metrics.requests.labels(reason or "sent").inc()
@@ -412,6 +416,12 @@ class Upstream:
                         nursery.start_soon(self._pump_messages, conn)
                         nursery.start_soon(self._watch_acks, conn)
                         task_status.started()
+        except Exception as exc:
+            # An upstream that breaks in an unforeseen way ends its own sessions (their
+            # clients reconnect to fresh ones), never the gateway.
+            log.error("upstream_failed", session_id=self.session_id, error=repr(exc))
+            for session in list(self.sessions):
+                gw._upstream_failed(session)
         finally:
             self.nursery = None
             self.started.set()
