@@ -9,6 +9,7 @@ import random
 from typing import Any
 
 import trio
+import trio_websocket
 
 import fsm
 from fsm._frames import Frame
@@ -184,6 +185,10 @@ async def test_a_newer_connection_fences_the_older() -> None:
                 async with raw_client(gw, "f1") as second:
                     ready = await second.recv()
                     assert ready["data"]["seq"] == 1 and ready["data"]["codes"] == ["old"]
+                    # A frame the old connection still sends is never applied, even with
+                    # a higher seq: the session has one writer.
+                    with contextlib.suppress(trio_websocket.ConnectionClosed):
+                        await first.send("edit", {"seq": 99, "cell_id": "a", "code": "stale"})
                     reason = await first.closed()
                     assert (reason.code, reason.reason) == (1008, "replaced")
                     await second.send("edit", {"seq": 2, "cell_id": "a", "code": "new"})
@@ -191,7 +196,7 @@ async def test_a_newer_connection_fences_the_older() -> None:
                     out = await second.until("cell-op")
                     assert out["data"]["output"]["data"] == "new"
                     await second.until("ack", lambda d: d["seq"] == 2)
-            assert server.cells == {"a": "new"}
+            assert server.cells == {"a": "new"} and gw.sessions["f1"].doc == {"a": "new"}
             _, _, metrics = await http_get(gw, "/metrics")
             assert b'fsm_gateway_client_closes_total{cause="replaced"} 1.0' in metrics
 
@@ -342,3 +347,31 @@ async def test_silent_unless_logging_is_configured(capfd: Any) -> None:
                 await ws.ws.send_message(b"binary")
                 await ws.closed()
     assert capfd.readouterr() == ("", "")
+
+
+async def test_every_ack_means_the_kernel_holds_that_code_or_newer() -> None:
+    """Whenever the gateway acks a client frame, the kernel already holds, for each of its
+    cells, that frame's code or a later one, while upstream connections keep dropping."""
+    async with serving() as server, gateway_to(server) as gw:
+        server.fault_plan.extend(Faults(close_after_frames=n) for n in (2, 1, 3, 2, 1))
+        history: dict[str, list[str]] = {}
+        frames: dict[int, dict[str, str]] = {}
+        acked = 0
+        with trio.fail_after(LIMIT):
+            async with raw_client(gw, "acks") as ws:
+                await ws.recv()
+                await ws.send("connect")
+                for seq in range(1, 61):
+                    cell, code = f"c{seq % 4}", f"v{seq}"
+                    history.setdefault(cell, []).append(code)
+                    frames[seq] = {cell: code}
+                    await ws.send("edit", {"seq": seq, "cell_id": cell, "code": code})
+                while acked < 60:
+                    frame = await ws.recv()
+                    if frame["op"] != "ack":
+                        continue
+                    acked += 1
+                    for cell, code in frames[frame["data"]["seq"]].items():
+                        held = server.cells[cell]
+                        assert history[cell].index(held) >= history[cell].index(code)
+        assert server.cells == {cell: codes[-1] for cell, codes in history.items()}
