@@ -59,7 +59,7 @@ try:
     )
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
-        f"the lifecycle diagrams need pydot ({exc}): pip install 'fsm[docs]' "
+        f"the lifecycle diagrams need pydot ({exc}): pip install 'fsm-kernel-lifecycle[docs]' "
         "(or pip install 'python-statemachine[diagrams]')"
     ) from exc
 

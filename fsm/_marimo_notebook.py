@@ -7,7 +7,8 @@ notebook are ``"Hbol"``, ``"MJUe"``, ``"vblA"``, ... and a ``with app.setup:`` b
 its ``kernel-ready`` frame lists, and edits keyed by them can be made before connecting.
 
 marimo is imported lazily, inside :func:`notebook_cells`, so that importing :mod:`fsm`
-never requires it (it is the optional ``fsm[marimo]`` extra).
+never requires it (it is the optional ``marimo`` extra:
+``pip install 'fsm-kernel-lifecycle[marimo]'``).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def notebook_cells(path: str | os.PathLike[str]) -> list[tuple[str, str]]:
         FileNotFoundError: ``path`` does not exist.
         ValueError: ``path`` is not a file marimo can open as a notebook (a directory, a
             plain Python script, an unsupported extension, an unreadable app).
-        ImportError: marimo is not installed (``pip install fsm[marimo]``).
+        ImportError: marimo is not installed (``pip install 'fsm-kernel-lifecycle[marimo]'``).
     """
     file = Path(path)
     if not file.exists():
@@ -45,7 +46,7 @@ def notebook_cells(path: str | os.PathLike[str]) -> list[tuple[str, str]]:
         from marimo._ast.load import load_app
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ImportError(
-            "reading a marimo notebook needs marimo: pip install 'fsm[marimo]'"
+            "reading a marimo notebook needs marimo: pip install 'fsm-kernel-lifecycle[marimo]'"
         ) from exc
 
     try:

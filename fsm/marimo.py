@@ -62,7 +62,8 @@ server to see the notebook at the same path (the same machine or a shared mount)
 
 Secrets: the server token lives only in ``link.context`` and in request headers; it
 never reaches a log line or an error message. marimo itself is imported lazily (only
-:func:`notebook_cells` needs it); httpx is part of the ``fsm[marimo]`` extra.
+:func:`notebook_cells` needs it); httpx is part of the ``marimo`` extra
+(``pip install 'fsm-kernel-lifecycle[marimo]'``).
 """
 
 from __future__ import annotations

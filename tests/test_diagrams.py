@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip(
-    "pydot", reason="the diagrams need pydot: pip install 'fsm[docs]' (it brings pydot)"
+    "pydot",
+    reason="the diagrams need pydot: pip install 'fsm-kernel-lifecycle[docs]' (it brings pydot)",
 )
 
 import fsm

@@ -28,7 +28,8 @@ EXAMPLES = sorted((DOCS / "examples").glob("*.py"))
 PAGES = sorted(DOCS.glob("*.md"))
 EXAMPLE_TIMEOUT = 60.0
 #: Examples that need an optional dependency (an extra) to run.
-REQUIRES = {"marimo_cells.py": "marimo", "testing_hypothesis.py": "hypothesis"}
+REQUIRES = {"marimo_cells.py": "marimo", "marimo_run.py": "marimo",
+            "testing_hypothesis.py": "hypothesis"}
 
 _FENCE = re.compile(r"^(?P<indent> *)```(?P<lang>[\w-]*)[^\n]*\n(?P<body>.*?)^(?P=indent)```",
                     re.M | re.S)

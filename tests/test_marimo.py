@@ -14,8 +14,12 @@ from typing import Any
 
 import pytest
 
-pytest.importorskip("marimo", reason="the marimo tests need marimo: pip install 'fsm[marimo]'")
-pytest.importorskip("httpx", reason="the marimo tests need httpx: pip install 'fsm[marimo]'")
+pytest.importorskip(
+    "marimo", reason="the marimo tests need marimo: pip install 'fsm-kernel-lifecycle[marimo]'"
+)
+pytest.importorskip(
+    "httpx", reason="the marimo tests need httpx: pip install 'fsm-kernel-lifecycle[marimo]'"
+)
 
 import httpx
 import structlog

@@ -51,10 +51,13 @@ async def main() -> None:
                 await conn.wait_for(fsm.ConnState.CLOSED)
             assert conn.close_reason is fsm.CloseReason.GAVE_UP
             assert conn.attempts == POLICY.max_attempts
+            # A program's request after a give-up starts a new cycle (an unattended client
+            # heals on its next use); while the server still refuses, that cycle gives up too.
             try:
                 await conn.request("run", {"cell_id": "c1"})
-            except fsm.NotConnected as exc:
-                print("request:", exc)  # ... while CLOSED (GAVE_UP); call connect() first
+            except fsm.ConnectionFailed as exc:
+                print("request:", exc)  # gave up after 5 failed attempts; last cause: ...
+                assert isinstance(exc, fsm.ConnectionFailed) and exc.attempts == 5
 
             # Recovery: connect() from CLOSED starts a new cycle, whatever the reason.
             server.faults.refuse_handshakes = 0
