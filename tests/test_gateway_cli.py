@@ -104,3 +104,18 @@ def test_usage_errors_exit_2_with_one_line(
     assert captured.out == ""
     last = captured.err.strip().splitlines()[-1]
     assert message in last and last.startswith(("fsm gateway: error", "usage:", "fsm: error"))
+
+
+def test_a_port_in_use_is_one_line_and_exit_1(capsys: pytest.CaptureFixture[str]) -> None:
+    """Listening on a port already taken fails with one line saying so, exit status 1."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code = main(["gateway", "--upstream", "ws://127.0.0.1:1", "--port", str(port)])
+    assert code == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.strip().splitlines()[-1].startswith("fsm gateway: error: cannot listen")
