@@ -267,6 +267,8 @@ class Page:
                 connect: text('[data-testid="connect"]'),
                 highlighted: [...document.querySelectorAll('#diagram svg g.node.current > title')]
                     .map((t) => t.textContent),
+                taken: [...document.querySelectorAll('#diagram svg g.edge.taken > title')]
+                    .map((t) => t.textContent),
             };
         """))
 
@@ -384,6 +386,7 @@ def test_lazy_edit_then_run(page: Page) -> None:
         page.cell_part(0, "run").click()
         page.wait_state("OPEN")
         assert page.highlighted() == "open"
+        assert page.view()["taken"] == ["dialing->open"], "the transition just taken"
         assert page.connect_button() is None, "Connect cannot act while OPEN"
         stack.wait(lambda s: s.cells.get(cell_id) == "answer = 6 * 7")
         output = page.until(lambda: page.output(0), "the run's output")
@@ -430,6 +433,7 @@ def test_give_up_then_connect_recovers(page: Page) -> None:
         page.wait_state("CLOSED")
         assert page.words == "gave up after 3 attempts: press Connect"
         assert page.highlighted() == "closed"
+        assert page.view()["taken"] == ["dialing->closed"], "the last attempt failed"
         assert stack.call(lambda: stack.server.connections_opened) == 0
         page.cells()[0].send_keys("\ny = 2")  # an edit made while the upstream is down
         page.until(lambda: page.marker() == "waiting", "the new edit waits for the kernel")

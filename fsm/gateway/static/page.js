@@ -188,6 +188,14 @@
       empty: "",
     }[state];
     cell.el.dataset.pending = String(isPending(cell));
+    renderSummary();
+  }
+
+  function renderSummary() {
+    const n = page.cells.filter(isPending).length;
+    const el = $("pending-summary");
+    el.hidden = n === 0;
+    el.textContent = n === 1 ? "1 cell's edit is not yet with the kernel" : `${n} cells' edits are not yet with the kernel`;
   }
 
   // ---------------------------------------------------------------- outputs
@@ -588,6 +596,7 @@
       if (u && u.reason) el.dataset.reason = u.reason; else delete el.dataset.reason;
     }
     $("upstream-state").textContent = u ? state : "…";
+    document.title = u ? `${u.phase || u.reason || state} · fsm notebook` : "fsm notebook";
     const sub = u && (u.phase || u.reason);
     $("upstream-phase").hidden = !sub;
     $("upstream-phase").textContent = sub || "";
@@ -604,25 +613,39 @@
   // The diagram's node for a state (CONNECTING shows its phase's node), as Graphviz titles it.
   let lastNode = null;
 
-  function edgeTitles(from, to) {
-    // Edges into or out of the compound CONNECTING are drawn to its anchors.
+  // Graphviz titles an edge "tail->head", and draws some transitions reversed (dir=back) or
+  // to the compound CONNECTING's anchor nodes; an upstream frame names no event. So the
+  // edge taken is looked up by these titles in turn, and shown only when one edge matches.
+  function edgeCandidates(from, to) {
     const inConnecting = (n) => n === "dialing" || n === "backing_off";
-    const froms = [from];
-    const tos = [to];
-    if (inConnecting(from) && !inConnecting(to)) froms.push("connecting_anchor_in", "connecting_anchor_out");
-    if (inConnecting(to) && !inConnecting(from)) tos.push("connecting_anchor_in");
-    return new Set(froms.flatMap((f) => tos.map((t) => `${f}->${t}`)));
+    const titles = [`${from}->${to}`, `${to}->${from}`];
+    if (inConnecting(to) && !inConnecting(from)) {
+      titles.push(`${from}->connecting_anchor_in`, `connecting_anchor_in->${from}`);
+    }
+    if (inConnecting(from) && !inConnecting(to)) titles.push(`connecting_anchor_out->${to}`);
+    return titles;
+  }
+
+  function takenEdge(edges, from, to) {
+    for (const title of edgeCandidates(from, to)) {
+      const found = edges.filter((e) => e.title === title);
+      if (found.length) return found.length === 1 ? found[0].g : null;
+    }
+    return null;
   }
 
   function highlight(shown, state) {
     const node = shown.toLowerCase();
     if (lastNode !== node) {
-      const taken = lastNode ? edgeTitles(lastNode, node) : new Set();
-      for (const g of document.querySelectorAll(".diagram svg g.edge")) {
-        const title = (g.querySelector(":scope > title")?.textContent || "").trim().toLowerCase();
-        const hit = taken.has(title);
-        g.classList.toggle("taken", hit);
-        if (hit) g.setAttribute("data-state", shown); else g.removeAttribute("data-state");
+      for (const svg of document.querySelectorAll(".diagram svg")) {
+        const edges = [...svg.querySelectorAll("g.edge")].map((g) => ({
+          g, title: (g.querySelector(":scope > title")?.textContent || "").trim().toLowerCase(),
+        }));
+        const taken = lastNode ? takenEdge(edges, lastNode, node) : null;
+        for (const { g } of edges) {
+          g.classList.toggle("taken", g === taken);
+          if (g === taken) g.setAttribute("data-state", shown); else g.removeAttribute("data-state");
+        }
       }
       lastNode = node;
     }
