@@ -10,6 +10,7 @@
   const EDIT_DEBOUNCE_MS = 250;            // typing sends the latest code once it pauses
   const LINK_RETRY = { first: 250, factor: 1.7, max: 5000 };
   const ACTIVITY_MAX = 60;
+  const KEEP = 200;                        // requests and upstream states remembered
 
   const $ = (id) => document.getElementById(id);
   const params = new URLSearchParams(location.search);
@@ -333,6 +334,8 @@
     page.requestCount += 1;
     const id = `${op}-${page.requestCount}`;
     page.requests.set(id, { op, cellId });
+    // A request that succeeds gets no answer of its own: keep only the newest ones.
+    if (page.requests.size > KEEP) page.requests.delete(page.requests.keys().next().value);
     page.outbox.push({ op, data: { ...data, id } });
     drainOutbox();
   }
@@ -457,6 +460,7 @@
     const prevKey = prev ? [prev.state, prev.phase, prev.attempts, prev.reason].join("|") : "";
     if (key !== prevKey) {
       page.history.push({ state: u.state, phase: u.phase, attempts: u.attempts, reason: u.reason });
+      if (page.history.length > KEEP) page.history.shift();
       note(describe(u, u.delay), u.phase || u.state, u.phase || u.state);
     }
     renderUpstream();
