@@ -514,9 +514,16 @@ class Connector:
         """
         return MessageStream(self, self._message_buffer)
 
-    def transitions(self) -> TransitionStream:
-        """Every transition from now on, as :class:`~fsm.Transition` records."""
-        return TransitionStream(self)
+    def transitions(self, *, maxlen: int = 1_000) -> TransitionStream:
+        """Every transition from now on, as :class:`~fsm.Transition` records.
+
+        A consumer that falls behind keeps the newest ``maxlen`` records (the oldest are
+        dropped and counted in the stream's ``dropped``); a stream the application no
+        longer references is freed and stops receiving.
+        """
+        if isinstance(maxlen, bool) or not isinstance(maxlen, int) or maxlen < 1:
+            raise ValueError(f"maxlen must be an integer >= 1, got {maxlen!r}")
+        return TransitionStream(self, maxlen)
 
     async def aclose(self) -> None:
         """Close: gracefully from OPEN (bounded by ``close_timeout``), at once elsewhere.

@@ -10,6 +10,7 @@ timing logic with the default policy.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import math
@@ -88,9 +89,10 @@ async def test_refused_handshakes_503_are_retried() -> None:
         assert t.delay is not None and 0 <= t.delay <= FAST.max_delay
 
 
-@pytest.mark.parametrize("status", [401, 403])
+@pytest.mark.parametrize("status", [401, 403, 400, 404, 405, 410, 426])
 async def test_auth_refusal_rejects_without_retry(status: int) -> None:
-    """A handshake refused with HTTP 401/403 ends in CLOSED(REJECTED) after exactly one attempt."""
+    """A handshake refused with HTTP 401/403 (credentials) or 400/404/405/410/426 (a wrong
+    URL or protocol) ends in CLOSED(REJECTED) after exactly one attempt."""
     with trio.fail_after(LIMIT):
         async with serving() as server:
             server.faults.refuse_handshakes = 100
@@ -108,6 +110,121 @@ async def test_auth_refusal_rejects_without_retry(status: int) -> None:
                 assert server.handshakes == 1
                 assert server.rejections == [status]
                 assert conn.stats["dials"] == 1
+
+
+async def test_a_wrong_url_names_the_url_and_the_status_and_hides_the_token() -> None:
+    """A 404 handshake says which URL (token redacted) answered what, and what to check."""
+    with trio.fail_after(LIMIT):
+        async with serving() as server:
+            url = f"ws://127.0.0.1:{server.port}/nope?token=s3cret"
+            async with fsm.open_connector(url, policy=FAST, heartbeat_interval=None) as conn:
+                with pytest.raises(ConnectionFailed) as info:
+                    await conn.connect()
+    message = str(info.value)
+    assert f"127.0.0.1:{server.port}/nope" in message
+    assert "HTTP 404 Not Found" in message and "check the host, port and path" in message
+    assert "s3cret" not in message
+
+
+@pytest.mark.parametrize("status", [408, 429, 500, 502, 503])
+async def test_transient_handshake_statuses_are_retried(status: int) -> None:
+    """408, 429 and 5xx handshake refusals are retried, and the next handshake opens."""
+    with trio.fail_after(LIMIT):
+        async with serving() as server:
+            server.faults.refuse_handshakes = 2
+            server.faults.refuse_status = status
+            async with connector(server) as conn:
+                await conn.connect()
+                assert conn.attempts == 2
+                assert server.rejections == [status, status]
+
+
+async def test_retry_after_raises_the_wait_and_connect_retries_at_once() -> None:
+    """A 429 with Retry-After: 30 makes the back-off at least 30 s; a person's connect()
+    while BACKING_OFF cancels that wait and dials now, starting a new cycle."""
+    with trio.fail_after(LIMIT):
+        async with serving() as server:
+            server.faults.refuse_handshakes = 1
+            server.faults.refuse_status = 429
+            server.faults.refuse_retry_after = "30"
+            async with connector(server) as conn:
+                changes = conn.transitions()
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(conn.request, "run", {"cell_id": "a"})
+                    backing_off = await next_matching(
+                        changes, lambda t: t.phase is Phase.BACKING_OFF
+                    )
+                    assert backing_off.delay is not None and backing_off.delay >= 30
+                    assert conn._timer is not None
+                    await conn.connect()  # returns once OPEN: well before 30 s
+                    assert conn.state is OPEN
+                    assert conn.attempts == 0  # a new cycle
+                    assert conn._timer is None
+                assert server.handshakes == 2
+
+
+async def test_a_request_after_giving_up_starts_a_new_cycle() -> None:
+    """request() in CLOSED(GAVE_UP) starts a new cycle and is sent once OPEN: an unattended
+    program heals on its next use."""
+    policy = dataclasses.replace(FAST, max_attempts=2)
+    with trio.fail_after(LIMIT):
+        async with serving(cells={"a": "1"}) as server:
+            server.faults.refuse_handshakes = 2
+            async with connector(server, policy=policy) as conn:
+                with pytest.raises(ConnectionFailed):
+                    await conn.connect()
+                assert conn.close_reason is CloseReason.GAVE_UP
+                messages = conn.messages()
+                await conn.request("run", {"cell_id": "a"})
+                assert conn.state is OPEN
+                frame = await messages.receive()
+                assert frame.op == "cell-op" and frame.data["cell_id"] == "a"
+
+
+async def test_a_request_after_a_rejection_raises_not_connected_saying_why() -> None:
+    """request() in CLOSED(REJECTED) raises NotConnected naming the rejection and connect()."""
+    with trio.fail_after(LIMIT):
+        async with serving() as server:
+            server.faults.refuse_handshakes = 1
+            server.faults.refuse_status = 403
+            async with connector(server) as conn:
+                with pytest.raises(ConnectionFailed):
+                    await conn.connect()
+                with pytest.raises(NotConnected, match=r"REJECTED.*connect\(\)"):
+                    await conn.request("run", {"cell_id": "a"})
+                assert server.handshakes == 1
+
+
+@pytest.mark.parametrize(
+    ("message", "code"),
+    [(b"binary", 1003), ("not json", 1007), ("x" * 2_000, 1009)],
+    ids=["binary", "not-json", "oversized"],
+)
+async def test_a_frame_the_server_refuses_is_fatal_never_a_resend_loop(
+    message: str | bytes, code: int
+) -> None:
+    """A server closing with 1003, 1007 or 1009 ends in CLOSED(REJECTED) after one
+    connection: the refused frame is never sent again on its own."""
+
+    class Sends(ReferenceProtocol):
+        async def flush(self, link: Link, batch: Any) -> None:
+            assert link.ws is not None
+            await link.ws.send_message(message)
+
+    with trio.fail_after(LIMIT):
+        async with serving(max_frame_size=1_024) as server, connector(
+            server, protocol=Sends()
+        ) as conn:
+            conn.edit("a", "1")
+            with contextlib.suppress(ConnectionFailed):
+                await conn.connect()
+            await conn.wait_for(CLOSED)
+            assert conn.close_reason is CloseReason.REJECTED
+            assert str(code) in str(conn.lifecycle.last_cause)
+            await assert_idle(conn)
+            assert server.client_close_codes == [code]
+            assert server.connections_opened == 1
+            assert conn.pending_edits == {"a": "1"}  # kept, not lost
 
 
 async def test_hung_handshake_times_out_and_is_retried() -> None:
@@ -978,6 +1095,82 @@ async def test_transitions_yield_records_in_order() -> None:
     assert records[1].attempt == 1 and records[1].delay is not None
     assert records[1].cause is not None and "503" in records[1].cause
     assert records[-1].reason is CloseReason.USER
+
+
+async def test_abandoned_streams_hold_nothing_over_300_reconnects() -> None:
+    """Ten transitions() and ten messages() streams left by break or by a cancelled task
+    hold no record afterwards, over 300 reconnects that each bring a message."""
+    with trio.fail_after(LIMIT * 4):
+        async with serving(cells={"a": "1"}) as server, connector(server) as conn:
+            await conn.connect()
+
+            async def read_one_then_hang(stream: Any) -> None:
+                async for _ in stream:
+                    await trio.sleep_forever()
+
+            async with trio.open_nursery() as nursery:
+                for _ in range(5):
+                    nursery.start_soon(read_one_then_hang, conn.transitions())
+                    nursery.start_soon(read_one_then_hang, conn.messages())
+                await server.drop_all()
+                await conn.request("run", {"cell_id": "a"})
+                await trio.testing.wait_all_tasks_blocked()
+                nursery.cancel_scope.cancel()  # five of each: their task was cancelled
+            streams: list[Any] = [conn.transitions() for _ in range(5)]
+            streams += [conn.messages() for _ in range(5)]
+            await server.drop_all()
+            await conn.request("run", {"cell_id": "a"})
+            for stream in streams:  # five of each: left by break
+                async for _ in stream:
+                    break
+            del streams, stream
+            gc.collect()
+            assert len(conn._subscribers) == 0
+            assert len(conn._message_streams) == 0
+            before = sum(isinstance(o, Transition) for o in gc.get_objects())
+            for i in range(300):
+                await server.drop_all()
+                await conn.request("run", {"cell_id": "a"})
+                conn.edit("sync", str(i))  # acked after the answer: the answer was read
+                await conn.wait_acked()
+            gc.collect()
+            after = sum(isinstance(o, Transition) for o in gc.get_objects())
+            assert after <= before
+            assert len(conn._subscribers) == 0 and len(conn._message_streams) == 0
+            # No stream: unread messages wait, bounded by message_buffer, for the next
+            # stream made.
+            assert len(conn._backlog) == 300
+            assert len(conn.messages()) == 300
+            assert conn.stats["messages_dropped"] == 0
+
+
+async def test_a_slow_transition_stream_keeps_the_newest_records() -> None:
+    """A transition stream nobody reads keeps its newest maxlen records and counts the
+    dropped ones; a message stream past message_buffer drops the new ones and says so."""
+    with trio.fail_after(LIMIT), capture_logs() as logs:
+        async with serving(cells={"a": "1"}) as server, connector(
+            server, message_buffer=3
+        ) as conn:
+            changes = conn.transitions(maxlen=4)
+            messages = conn.messages()
+            await conn.connect()
+            for _ in range(3):
+                await server.drop_all()
+                await conn.wait_for(OPEN)
+            for _ in range(4):
+                await conn.request("run", {"cell_id": "a"})
+            await conn.wait_acked()
+            await server.wait_until(lambda s: s.frames_received["run"] == 4)
+            conn.edit("sync", "1")  # acked after the four answers were sent: a barrier
+            await conn.wait_acked()
+            assert len(changes) == 4 and changes.dropped > 0
+            # The newest four: ready, the last drop, its retry, ready; nothing older.
+            assert [changes.receive_nowait().event for _ in range(4)] == [
+                "ready", "drop", "retry", "ready"
+            ]
+            assert len(messages) == 3 and messages.dropped == 1
+            assert conn.stats["messages_dropped"] == 1
+    assert [e["event"] for e in logs].count("messages_dropped") == 1
 
 
 async def test_transition_stream_can_stop_early() -> None:
