@@ -79,10 +79,21 @@ class LibraryLogger:
                 return first
         return proxy
 
+    def current(self) -> Any:
+        """The logger a line goes to now: the structlog one (a cached logger when the
+        configuration caches them) when structlog is configured, else ``self``. For
+        callers that check a level and then log, and want to resolve once."""
+        if structlog.is_configured():
+            bound = self._bound
+            return bound if bound is not None else self._structlog()
+        return self
+
     def is_enabled_for(self, level: int) -> bool:
         """Whether a line at ``level`` (a ``logging`` level) would be emitted."""
         if structlog.is_configured():
-            target = self._structlog()
+            target = self._bound
+            if target is None:
+                target = self._structlog()
             check = getattr(target, "is_enabled_for", None)
             return True if check is None else bool(check(level))
         return self._std.isEnabledFor(level)

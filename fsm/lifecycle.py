@@ -98,7 +98,7 @@ from statemachine.exceptions import TransitionNotAllowed
 from fsm._buffer import DEFAULT_EDIT_LIMIT, EditBuffer, FlushBatch
 from fsm._errors import InvalidTransition, NotConnected
 from fsm._frames import MAX_FRAME_SIZE
-from fsm._logging import get_logger
+from fsm._logging import LibraryLogger, get_logger
 from fsm._policy import RetryPolicy
 from fsm._types import CloseReason, ConnState, Phase, Transition
 from fsm._value import Value, set_field
@@ -259,6 +259,8 @@ class TransitionLogger:
         if not self._settled:
             self._settle()
         logger = self._logger
+        if type(logger) is LibraryLogger:
+            logger = logger.current()  # resolved once per line, not per call below
         warn = change.source is not _CLOSED and (
             change.reason is _GAVE_UP or change.reason is _REJECTED
         )
