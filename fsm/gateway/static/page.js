@@ -68,7 +68,7 @@
   async function holdSession(id) {
     if (!navigator.locks) return true;
     const ctl = new AbortController();
-    const timer = setTimeout(() => ctl.abort(), 800);
+    const timer = setTimeout(() => ctl.abort(), 1500);
     try {
       return await new Promise((resolve, reject) => {
         navigator.locks.request(`fsm-gateway-session:${id}`, { signal: ctl.signal }, () => {
@@ -109,7 +109,7 @@
     cell.editor.dataset.cellId = id;
     el.querySelector(".cell-id").textContent = id;
     cell.editor.value = code;
-    cell.editor.placeholder = "Type code here; it waits on this page until the kernel has it.";
+    cell.editor.placeholder = "Type code here: it reaches the kernel once you Run or Connect.";
     cell.editor.addEventListener("input", () => onType(cell));
     cell.editor.addEventListener("keydown", (ev) => {
       if (ev.key === "Enter" && (ev.shiftKey || ev.ctrlKey || ev.metaKey)) {
@@ -182,7 +182,7 @@
     cell.marker.dataset.state = state;
     cell.marker.textContent = text;
     cell.marker.title = {
-      error: "The gateway could not take this edit",
+      error: `The gateway could not take this edit: ${cell.error}`,
       editing: "Changed here, not yet sent to the gateway",
       waiting: "Sent to the gateway; the kernel has not acknowledged it yet",
       saved: "The kernel has acknowledged this code",
