@@ -332,6 +332,8 @@ def test_gateway_arguments_are_checked() -> None:
         Gateway("ws://127.0.0.1:1", max_sessions=0)
     with pytest.raises(ValueError, match="session_ttl"):
         Gateway("ws://127.0.0.1:1", session_ttl=-1)
+    with pytest.raises(ValueError, match="upstream_token is for the reference protocol"):
+        Gateway("http://127.0.0.1:1", marimo="nb.py", upstream_token="t")
 
 
 

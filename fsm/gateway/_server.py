@@ -131,6 +131,11 @@ class Gateway:
         #: The cells a marimo notebook holds, read from its file: what every session
         #: offers before its upstream ever connects.
         self._notebook: dict[str, str] = {}
+        if marimo is not None and upstream_token is not None:
+            raise ValueError(
+                "upstream_token is for the reference protocol; a marimo upstream is reached"
+                " with the token its own page carries (run marimo with --no-token)"
+            )
         if marimo is not None:
             self._marimo_protocol()  # fail now, not on the first session, if marimo is absent
             from fsm._marimo_notebook import notebook_cells

@@ -111,6 +111,9 @@ def parse_update(frame: Frame) -> tuple[int, dict[str, str]]:
     return seq, codes
 
 
+_ACK = '{"op":"ack","data":{"seq":%d}}'
+
+
 def error_frame(op: str | None, message: str, reason: str, **extra: Any) -> str:
     """An ``error`` frame: ``{"op", "message", "reason"}`` plus ``id`` or ``seq``."""
     return encode_frame("error", {"op": op, **extra, "message": message, "reason": reason})
@@ -265,7 +268,7 @@ class Session:
             if any(cell in held for cell in cells):
                 keep.append((seq, cells))
             else:
-                self.client.push(encode_frame("ack", {"seq": seq}))
+                self.client.push(_ACK % seq)  # encode_frame("ack", {"seq": seq}), faster
         self.waiting = keep
 
     # -- what the client says -------------------------------------------------------------
