@@ -21,6 +21,7 @@ import errno
 import importlib
 import json
 import random
+import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -138,8 +139,9 @@ def _bind_error(exc: BaseException) -> OSError | None:
         current = pending.pop()
         if isinstance(current, BaseExceptionGroup):
             pending.extend(current.exceptions)
-        elif isinstance(current, OSError) and current.errno in (
-            errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES,
+        elif isinstance(current, socket.gaierror) or (
+            isinstance(current, OSError)
+            and current.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES)
         ):
             return current
     return None
@@ -158,11 +160,14 @@ def run_trio(func: Callable[..., Any], *args: Any) -> Any:
         bind = _bind_error(exc)
         if bind is None:
             raise
-        what = {
-            errno.EADDRINUSE: "the address is already in use (another server on that port?)",
-            errno.EADDRNOTAVAIL: "the address is not available on this machine",
-            errno.EACCES: "permission denied (ports below 1024 need privileges)",
-        }.get(bind.errno or 0, bind.strerror or str(bind))
+        if isinstance(bind, socket.gaierror):
+            what = "the host name does not resolve to an address of this machine"
+        else:
+            what = {
+                errno.EADDRINUSE: "the address is already in use (another server on that port?)",
+                errno.EADDRNOTAVAIL: "the address is not available on this machine",
+                errno.EACCES: "permission denied (ports below 1024 need privileges)",
+            }.get(bind.errno or 0, bind.strerror or str(bind))
         raise CommandFailed(f"cannot listen: {what} [{bind.strerror}]") from None
 
 
@@ -280,6 +285,8 @@ def _cmd_diagrams(args: argparse.Namespace) -> int:
         paths = write_diagrams(args.out, svg=not args.no_svg)
     except GraphvizNotFound as exc:
         raise CommandFailed(str(exc)) from None
+    except OSError as exc:
+        raise CommandFailed(f"cannot write to {args.out}: {exc.strerror or exc}") from None
     for path in paths:
         print(path)
     return 0

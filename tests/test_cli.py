@@ -121,6 +121,26 @@ def test_a_busy_port_is_a_one_line_error() -> None:
     assert result.stdout == ""
 
 
+def test_a_host_that_does_not_resolve_is_a_one_line_error() -> None:
+    """fsm serve --host with a name that does not resolve exits 1 with one line."""
+    result = fsm_command("serve", "--port", "0", "--host", "no-such-host.invalid")
+    assert result.returncode == 1
+    assert len(result.stderr.splitlines()) == 1
+    assert result.stderr.startswith("fsm serve: error: cannot listen: the host name")
+
+
+def test_diagrams_into_an_unwritable_folder_is_a_one_line_error(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """fsm diagrams --out under a file (not a folder) exits 1 with one line, no traceback."""
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert main(["diagrams", "--out", str(blocker / "sub"), "--no-svg"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"fsm diagrams: error: cannot write to {blocker / 'sub'}")
+    assert len(err.splitlines()) == 1
+
+
 def test_serve_on_port_zero_prints_its_url_and_stops_on_ctrl_c() -> None:
     """fsm serve --port 0 listens on a free port, prints its URL on stdout, logs on stderr,
     and exits 0 on SIGINT."""
