@@ -551,6 +551,17 @@ def test_token_from_the_page_url(page: Page) -> None:
         page.until(lambda: page.output(0) == "t = 1", "the run's output")
         body = page.driver.find_element(By.TAG_NAME, "body").text
         assert token not in body
+        # On a phone-sized window the page reflows into one column: nothing scrolls sideways.
+        size = page.driver.get_window_size()
+        try:
+            page.driver.set_window_size(400, 800)
+            page.until(lambda: page.driver.execute_script("return window.innerWidth") < 500,
+                       "a narrow window")
+            overflow = page.driver.execute_script(
+                "return document.documentElement.scrollWidth - window.innerWidth")
+            assert overflow <= 0, f"{overflow} px wider than a 400 px window"
+        finally:
+            page.driver.set_window_size(size["width"], size["height"])
         assert page.console_errors() == []
 
 
