@@ -181,3 +181,18 @@ async def test_an_edit_the_upstream_cannot_take_gets_an_error_with_its_seq() -> 
                 await ws.send("edit", {"seq": 2, "cell_id": "b", "code": "fits"})
                 await ws.until("ack", lambda d: d["seq"] == 2)
         assert server.cells == {"b": "fits"}
+
+
+async def test_a_client_that_stops_answering_pings_is_closed() -> None:
+    """A client whose pongs stop is closed (1011, cause no_pong); its session stays."""
+    with structlog.testing.capture_logs() as logs:
+        async with serving() as server, gateway_to(server, client_heartbeat=0.05) as gw:
+            with trio.fail_after(LIMIT):
+                # One slot, never read: kernel-ready fills it, the ack blocks the reader,
+                # and a blocked trio-websocket reader answers no ping.
+                async with raw_client(gw, "mute", message_queue_size=1) as mute:
+                    await mute.send("instantiate", {"seq": 1, "codes": {}})
+                    await gw.wait_until(lambda g: g.sessions["mute"].client is None)
+                assert "mute" in gw.sessions
+    closes = [e for e in logs if e["event"] == "client_closed" and e["session_id"] == "mute"]
+    assert [e["cause"] for e in closes] == ["no_pong"]

@@ -66,7 +66,9 @@ class Gateway:
     client frame (1009 above it); ``send_queue`` bounds the frames queued for one client
     (1013 when full); ``replay_limit`` bounds the upstream messages kept for a reattach;
     ``max_requests`` bounds the requests of one session waiting for the upstream
-    (``busy`` past it). ``open_stream`` opens the upstream byte streams (tests and
+    (``busy`` past it). Every ``client_heartbeat`` seconds (None: never) each client is
+    pinged and closed (1011) if it does not answer within as long, so that a vanished
+    peer frees its session. ``open_stream`` opens the upstream byte streams (tests and
     benchmarks pass in-memory ones). ``upstream_gate`` is how the sessions share their
     upstream (:class:`~fsm.gateway.UpstreamGate`: bounded, paced dials, one probe while it
     fails): ``True`` the default :class:`~fsm.gateway.GatePolicy`, a ``GatePolicy``, or
@@ -91,6 +93,7 @@ class Gateway:
         close_timeout: float = 2.0,
         handshake_timeout: float = 10.0,
         heartbeat_interval: float | None = 20.0,
+        client_heartbeat: float | None = 20.0,
         open_stream: StreamOpener | None = None,
         upstream_gate: GatePolicy | bool = True,
     ) -> None:
@@ -127,6 +130,9 @@ class Gateway:
         self.close_timeout = close_timeout
         self.handshake_timeout = handshake_timeout
         self.heartbeat_interval = heartbeat_interval
+        if client_heartbeat is not None:
+            _check_number("client_heartbeat", client_heartbeat, minimum=0.001)
+        self.client_heartbeat = client_heartbeat
         self.open_stream = open_stream
         #: The cells a marimo notebook holds, read from its file: what every session
         #: offers before its upstream ever connects.
@@ -455,6 +461,10 @@ class Gateway:
             try:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(client.write)
+                    if self.client_heartbeat is not None:
+                        nursery.start_soon(
+                            client.keepalive, self.client_heartbeat, self.client_heartbeat
+                        )
                     with client.read_scope:
                         while True:
                             try:

@@ -130,6 +130,7 @@ class ClientLink:
         )
         self.read_scope = trio.CancelScope()
         self.write_scope = trio.CancelScope()
+        self.keepalive_scope = trio.CancelScope()
         #: (code, reason, cause) once the gateway decided to close this client.
         self.close_request: tuple[int, str, str] | None = None
 
@@ -151,9 +152,26 @@ class ClientLink:
             return
         self.close_request = (code, reason, cause)
         self.read_scope.cancel()
+        self.keepalive_scope.cancel()
         self.queue_send.close()
         if code == 1013:
             self.write_scope.cancel()
+
+    async def keepalive(self, interval: float, timeout: float) -> None:
+        """Ping every ``interval`` s; a client that does not answer within ``timeout`` is
+        closed, so that a vanished peer frees its session for reattach and expiry."""
+        with self.keepalive_scope:
+            try:
+                while True:
+                    await trio.sleep(interval)
+                    with trio.move_on_after(timeout) as waited:
+                        await self.ws.ping()
+                    if waited.cancelled_caught:
+                        self.close(1011, "no pong", "no_pong")
+                        self.write_scope.cancel()  # a peer that does not answer: not waited on
+                        return
+            except ConnectionClosed:
+                return  # the reader reports how it closed
 
     async def write(self) -> None:
         """The writer task: send queued frames in order, record messages delivered."""
