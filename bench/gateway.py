@@ -22,8 +22,9 @@ their own (*independent*: the connector alone, default :class:`~fsm.RetryPolicy`
 sessions sharing one :class:`~fsm.gateway.UpstreamGate` (*shared*, default
 :class:`~fsm.gateway.GatePolicy`): the peak number of dials reaching the host in any 1 s
 (sliding) during the outage, the dials in all, and the virtual time from the upstream's
-return until every session is OPEN with its edit acknowledged. The server's cells are
-then checked against every session's latest code.
+return until every session is OPEN with its edit acknowledged, and the peak dials in any
+1 s after the return (the surge the host sees). The server's cells are then checked
+against every session's latest code.
 
 **2. Scale** (on MockClock too; CPU is measured with ``time.process_time``). N clients
 (``fsm`` connectors) attach to one :class:`~fsm.gateway.Gateway`, each edits one cell
@@ -158,8 +159,10 @@ async def _outage(n: int, shared: bool, result: dict[str, Any]) -> None:
             upstream.down = False
             t_up = trio.current_time()
             await wait_all(conns, 3600)
+            return_dials = upstream.dials[len(outage_dials):]
             result.update(
                 peak=peak_in_window(outage_dials, WINDOW),
+                return_peak=peak_in_window(return_dials, WINDOW),
                 dials=len(outage_dials),
                 all_open=trio.current_time() - t_up,
                 gave_up=sum(c.close_reason is not None for c in conns),
@@ -203,6 +206,11 @@ def outage_rows(n: int) -> list[Row]:
         Row("G1", "virtual time from the upstream's return until all OPEN and acked, "
             "independent", alone["all_open"], "s",
             note=f"{alone['gave_up']} gave up; {alone['lost_edits']} edits lost"),
+        Row("G1", f"peak dials per {WINDOW:g} s after the upstream's return, shared",
+            shared["return_peak"], "n", baseline="independent",
+            ratio=shared["return_peak"] / alone["return_peak"],
+            note=f"the gate's pace caps it at {policy.rate:g}/s whatever the number of "
+                 "sessions; independent ones spread over their last back-off"),
         Row("G1", "CPU for the whole run, shared / independent", shared["cpu"], "s",
             baseline="independent", ratio=shared["cpu"] / alone["cpu"],
             note="connect, outage, recovery; one process, MockClock"),
