@@ -1,9 +1,11 @@
 """Stateful property tests of the sans-IO core against an independent model (DESIGN.md section 8).
 
 ``LifecycleModel`` drives a ConnectionLifecycle with every event in every state, with
-edits and acknowledgements, and a model server that applies what it receives in order.
-It predicts each event's outcome from the contract in DESIGN.md section 3 (not from
-the implementation) and checks the core's invariants after every step.
+edits and acknowledgements, and a model server that applies what it receives in order
+(and may restart without its state, answering the next ``kernel-ready`` with seq 0).
+The rng may start returning values outside [0, 1) and recover. It predicts each
+event's outcome from the contract in DESIGN.md sections 3 and 6 (not from the
+implementation) and checks the core's invariants after every step.
 
 ``HealthyServer`` checks that from every reachable state a user connect reaches OPEN
 when the server is healthy (invariant 2, core part).
@@ -46,7 +48,11 @@ from fsm.lifecycle import EVENTS
 CELLS = st.sampled_from(["a", "b", "c", "d", "e"])
 CODES = st.text(alphabet="xyz= 01", max_size=6)
 UPTIMES = st.sampled_from([0.0, 1.0, 4.999, 5.0, 30.0])
+#: Retry-After values of a failure: none, below, within and above the policy's cap.
+RETRY_AFTERS = st.sampled_from([None, None, 0.0, 3.0, 500.0])
 MIN_UPTIME = 5.0
+MAX_RETRY_AFTER = 60.0
+DEFER_DELAY = 0.75
 STATEFUL = settings(stateful_step_count=50)
 
 NS, CN, OP, CG, CD = (
@@ -74,6 +80,13 @@ class Expected:
     waits: int = 0
 
 
+class BadRandom:
+    """An rng whose ``random()`` returns a value outside [0, 1)."""
+
+    def random(self) -> float:
+        return float("nan")
+
+
 @dataclass
 class Model:
     """What the contract says the lifecycle's state is."""
@@ -85,6 +98,8 @@ class Model:
     reason: CloseReason | None = None
     reconnect: bool = False
     waits: int = 0
+    # The jitter draw made when the attempt in progress started was bad.
+    draw_bad: bool = False
 
     def valid(self, event: str) -> bool:
         return self.predict(event, 0.0) is not None
@@ -93,6 +108,7 @@ class Model:
         """The outcome of ``event`` per DESIGN.md section 3, or None if it is invalid."""
         s, p, a, r, rec = self.state, self.phase, self.attempts, self.reason, self.reconnect
         w = self.waits
+        stop = CloseReason.ERROR
 
         def to(
             state: ConnState,
@@ -114,21 +130,30 @@ class Model:
         if event in ("connect", "request"):
             if s is NS:
                 return to(CN, DIALING, attempts=0, effects=(Dial,), waits=0)
+            if p is BACKING_OFF and event == "connect":
+                # Retry now: the timer is abandoned, a new cycle dials at once.
+                return to(CN, DIALING, attempts=0, effects=(HangUp, Dial), waits=0)
             if s in (CN, OP):
                 return to(s, p, reason=r)
             if s is CG:
                 return to(CG, reconnect=True) if event == "connect" else None
             if s is CD:
-                if event == "connect":
+                heals = r in (CloseReason.GAVE_UP, CloseReason.SHUTDOWN)
+                if event == "connect" or heals:
                     return to(CN, DIALING, attempts=0, effects=(Dial,), waits=0)
                 return None
         if event == "ready" and p is DIALING:
             return to(OP, effects=(Flush,))
         if event == "fail" and p is DIALING:
-            return failure(a + 1)
-        if event == "retry" and p is BACKING_OFF:
-            return to(CN, DIALING, effects=(Dial,))
+            return to(CD, reason=stop) if self.draw_bad else failure(a + 1)
+        if event == "defer" and p is DIALING:
+            return to(CN, BACKING_OFF, effects=(Backoff,))  # no failure, no wait counted
+        if event == "retry":
+            # From a timer that was cancelled but fired anyway, a no-op.
+            return to(CN, DIALING, effects=(Dial,)) if p is BACKING_OFF else to(s, p, reason=r)
         if event == "drop" and s is OP:
+            if self.draw_bad:
+                return to(CD, reason=stop)
             if uptime >= MIN_UPTIME:
                 return to(CN, BACKING_OFF, attempts=0, effects=(Backoff,), waits=1)
             return failure(a + 1)
@@ -161,10 +186,10 @@ class Outstanding:
 
     def resolve(self, event: str, before: ConnState, effects: list[Effect]) -> None:
         """Update from one accepted event and its effects, asserting nothing is doubled."""
-        if before is CN and event in ("ready", "fail", "reject", "shutdown"):
+        if before is CN and event in ("ready", "fail", "defer", "reject", "shutdown"):
             assert isinstance(self.effect, Dial), (event, self.effect)
             self.effect = None
-        if event == "retry":
+        if event == "retry" and effects:  # without effects: a timer cancelled, firing late
             assert isinstance(self.effect, Backoff), (event, self.effect)
             self.effect = None
         for effect in effects:
@@ -191,13 +216,17 @@ class LifecycleModel(RuleBasedStateMachine):
     )
     def start(self, max_attempts: int, jitter: float, seed: int) -> None:
         """A fresh lifecycle with a small random policy and a seeded rng starts NOT_STARTED."""
-        policy = RetryPolicy(max_attempts=max_attempts, jitter=jitter, min_uptime=MIN_UPTIME)
+        policy = RetryPolicy(
+            max_attempts=max_attempts, jitter=jitter, min_uptime=MIN_UPTIME,
+            max_retry_after=MAX_RETRY_AFTER,
+        )  # fmt: skip
         self.transitions: list[Transition] = []
+        self.rng = random.Random(seed)
         self.lc = ConnectionLifecycle(
-            policy, random.Random(seed), observers=[self.transitions.append],
-            log_transitions=False,
+            policy, self.rng, observers=[self.transitions.append], log_transitions=False,
         )  # fmt: skip
         self.mirror = random.Random(seed)  # draws what the lifecycle's rng must draw
+        self.draw = 0.0  # the mirror's draw for the attempt in progress
         self.model = Model(max_attempts)
         self.out = Outstanding()
         self.started = False  # a connect or request was accepted
@@ -217,20 +246,27 @@ class LifecycleModel(RuleBasedStateMachine):
         # Seqs sent on the current connection and not acked yet: each is acked once.
         self.awaiting: set[int] = set()
         self.retired: set[int] = set()  # awaited when the last connection was lost
+        # Protocol v2: the highest seq the server received (what its kernel-ready says),
+        # the highest the client saw acked, the cells acknowledged in order of their first
+        # ack, and whether the server restarted without its state since the last flush.
+        self.server_seq = 0
+        self.max_acked = 0
+        self.acked_order: list[str] = []
+        self.server_lost = False
 
     # -- events ------------------------------------------------------------------------------
 
-    def send(self, event: str, uptime: float) -> None:
+    def send(self, event: str, uptime: float, retry_after: float | None = None) -> None:
         lc, model = self.lc, self.model
         self.events_sent = True
         before = (lc.state, lc.phase, lc.attempts, lc.close_reason, lc.pending_edits)
-        expected_pending = lc.pending_edits
+        expected_pending = self.expected_flush() if event == "ready" else lc.pending_edits
         expected = model.predict(event, uptime)
         n_transitions = len(self.transitions)
         if expected is None:
             error = NotConnected if event == "request" else InvalidTransition
             with pytest.raises(error) as info:
-                self.call(event, uptime)
+                self.call(event, uptime, retry_after)
             if isinstance(info.value, InvalidTransition):
                 assert info.value.event == event
                 assert info.value.state is model.state
@@ -239,13 +275,17 @@ class LifecycleModel(RuleBasedStateMachine):
             assert len(self.transitions) == n_transitions
             return
 
-        effects = self.call(event, uptime)
+        effects = self.call(event, uptime, retry_after)
         assert [type(e) for e in effects] == expected.effects, (event, effects)
         # One transition record per accepted event, except request's fast path (which
-        # stays out of the engine while CONNECTING or OPEN).
-        fast_path = event == "request" and model.state in (CN, OP)
+        # stays out of the engine while CONNECTING or OPEN) and a retry with no timer.
+        fast_path = (event == "request" and model.state in (CN, OP)) or (
+            event == "retry" and model.phase is not BACKING_OFF
+        )
         assert len(self.transitions) == n_transitions + (0 if fast_path else 1)
-        self.check_effects(event, effects, expected, expected_pending)
+        if expected.reason is CloseReason.ERROR and model.state is not CD:
+            assert "must return a float in [0, 1)" in str(lc.last_cause)
+        self.check_effects(event, effects, expected, expected_pending, retry_after)
         self.out.resolve(event, model.state, effects)
         if event in ("connect", "request"):
             self.started = True
@@ -257,38 +297,76 @@ class LifecycleModel(RuleBasedStateMachine):
         model.reason, model.reconnect = expected.reason, expected.reconnect
         model.waits = expected.waits
 
-    def call(self, event: str, uptime: float) -> list[Effect]:
+    def call(self, event: str, uptime: float, retry_after: float | None = None) -> list[Effect]:
         lc = self.lc
         if event == "drop":
             return lc.drop(uptime=uptime, cause="reset")
-        if event in ("fail", "reject", "shutdown"):
+        if event == "fail":
+            return lc.fail(cause="fail cause", retry_after=retry_after)
+        if event == "defer":
+            return lc.defer(DEFER_DELAY)
+        if event == "ready":
+            return lc.ready(seq=self.server_seq)  # what the server received
+        if event in ("reject", "shutdown"):
             return getattr(lc, event)(cause=f"{event} cause")  # type: ignore[no-any-return]
         return getattr(lc, event)()  # type: ignore[no-any-return]
 
+    def lost_state(self) -> bool:
+        """The next kernel-ready's seq is below what the client saw acknowledged."""
+        return self.server_seq < self.max_acked
+
+    def expected_flush(self) -> dict[str, str]:
+        """What the next flush must carry: every unacknowledged edit, in first-edit order,
+        latest code; for a server that lost its state, first every acknowledged cell."""
+        order = self.order
+        if self.lost_state():
+            order = self.acked_order + [c for c in order if c not in self.acked_order]
+        return {c: self.latest[c] for c in order}
+
     def check_effects(
-        self, event: str, effects: list[Effect], expected: Expected, pending: dict[str, str]
+        self,
+        event: str,
+        effects: list[Effect],
+        expected: Expected,
+        pending: dict[str, str],
+        retry_after: float | None,
     ) -> None:
         policy = self.lc.policy
         for effect in effects:
             if isinstance(effect, Dial):
                 assert effect == Dial(expected.attempts + 1, policy.connect_timeout)
+                # Each attempt draws the jitter of the wait that may follow it.
+                self.model.draw_bad = bool(policy.jitter) and self.lc._rng is not self.rng
+                if policy.jitter and not self.model.draw_bad:
+                    self.draw = self.mirror.random()
             elif isinstance(effect, Backoff):
-                delay = policy.backoff(expected.waits, self.mirror)
+                if event == "defer":
+                    delay = DEFER_DELAY
+                else:
+                    delay = policy.nominal_delay(expected.waits) * (1 - policy.jitter * self.draw)
+                    if retry_after is not None and event == "fail":
+                        delay = max(delay, min(retry_after, MAX_RETRY_AFTER))
                 assert effect == Backoff(expected.attempts, delay)
             elif isinstance(effect, HangUp):
                 assert effect.graceful is (expected.state is CG)
             elif isinstance(effect, Flush):
                 assert event == "ready"
                 self.flushes += 1
-                # Every edit not acknowledged, in first-edit order, latest code.
-                assert list(effect.batch.codes.items()) == list(pending.items())
-                assert effect.batch.codes == {c: self.latest[c] for c in self.order}
-                assert effect.batch.seq not in self.seqs_sent
-                self.seqs_sent.append(effect.batch.seq)
-                self.awaiting.add(effect.batch.seq)
-                self.wire.append((effect.batch.seq, dict(effect.batch.codes)))
-                for cell in effect.batch.codes:
-                    self.carried_by[cell] = effect.batch.seq
+                # Every edit not acknowledged (every cell, for a server that lost its
+                # state), in order, latest code; one frame under the default limit.
+                batch = effect.batch
+                assert list(batch.codes.items()) == list(pending.items())
+                assert len(batch.frames) == 1 and batch.frames[0].auto_run
+                assert batch.seq > max(self.seqs_sent, default=0)
+                assert batch.seq > self.server_seq
+                if self.lost_state():
+                    self.order = list(batch.codes)
+                self.server_lost = False
+                self.seqs_sent.append(batch.seq)
+                self.awaiting.add(batch.seq)
+                self.wire.append((batch.seq, dict(batch.codes)))
+                for cell in batch.codes:
+                    self.carried_by[cell] = batch.seq
             else:
                 raise AssertionError(f"unexpected effect {effect!r} from {event}")
 
@@ -301,16 +379,29 @@ class LifecycleModel(RuleBasedStateMachine):
         for cell in self.carried_by:
             self.carried_by[cell] = None
 
-    @rule(event=st.sampled_from(EVENTS), uptime=UPTIMES)
-    def any_event(self, event: str, uptime: float) -> None:
-        """Any of the ten events, valid or not in the current state."""
-        self.send(event, uptime)
+    @rule(event=st.sampled_from(EVENTS), uptime=UPTIMES, retry_after=RETRY_AFTERS)
+    def any_event(self, event: str, uptime: float, retry_after: float | None) -> None:
+        """Any of the events, valid or not in the current state."""
+        self.send(event, uptime, retry_after)
 
-    @rule(data=st.data(), uptime=UPTIMES)
-    def valid_event(self, data: st.DataObject, uptime: float) -> None:
+    @rule(data=st.data(), uptime=UPTIMES, retry_after=RETRY_AFTERS)
+    def valid_event(self, data: st.DataObject, uptime: float, retry_after: float | None) -> None:
         """An event the current state accepts (keeps runs moving)."""
         events = [e for e in EVENTS if self.model.valid(e)]
-        self.send(data.draw(st.sampled_from(events), label="event"), uptime)
+        self.send(data.draw(st.sampled_from(events), label="event"), uptime, retry_after)
+
+    @rule(bad=st.booleans())
+    def rng_changes(self, bad: bool) -> None:
+        """The rng starts returning NaN, or returns to good values (nothing else changes)."""
+        self.lc._rng = BadRandom() if bad else self.rng  # type: ignore[assignment]
+
+    @precondition(lambda self: self.model.state is not OP)
+    @rule()
+    def server_restarts(self) -> None:
+        """The server restarts without its state: its next kernel-ready says seq 0."""
+        self.server.clear()
+        self.server_seq = 0
+        self.server_lost = True
 
     @rule(uptime=UPTIMES)
     def towards_open(self, uptime: float) -> None:
@@ -364,15 +455,20 @@ class LifecycleModel(RuleBasedStateMachine):
         """The server applies the oldest message on the wire, then acks it (or the ack is lost)."""
         seq, codes = self.wire.pop(0)
         self.server.update(codes)
+        self.server_seq = max(self.server_seq, seq)
         if not ack:
             return
         acked = [c for c in self.order if self.carried_by.get(c) == seq]
         # Expected once, even when every edit it carried was superseded since.
         assert self.lc.ack(seq) is (seq in self.awaiting)
+        if seq in self.awaiting:
+            self.max_acked = max(self.max_acked, seq)
         self.awaiting.discard(seq)
         for cell in acked:
             self.order.remove(cell)
             del self.carried_by[cell]
+            if cell not in self.acked_order:
+                self.acked_order.append(cell)
 
     @rule(seq=st.integers(min_value=-3, max_value=200))
     def ack_unknown(self, seq: int) -> None:
@@ -394,6 +490,8 @@ class LifecycleModel(RuleBasedStateMachine):
         seq = data.draw(st.sampled_from(stale), label="seq")
         before = self.lc.pending_edits
         assert self.lc.ack(seq) is (seq in self.retired)
+        if seq in self.retired:
+            self.max_acked = max(self.max_acked, seq)
         self.retired.discard(seq)
         assert self.lc.pending_edits == before
 
@@ -446,7 +544,7 @@ class LifecycleModel(RuleBasedStateMachine):
         for cell, code in self.latest.items():
             if cell in pending:
                 assert pending[cell] == code
-            else:
+            elif not self.server_lost:  # until the next flush gives it everything again
                 assert self.server.get(cell) == code
 
     @invariant()
@@ -501,9 +599,12 @@ class HealthyServer(RuleBasedStateMachine):
         """Any event, accepted or refused, moves the lifecycle somewhere reachable."""
         before = self.lc.state
         try:
-            effects: list[Effect] = (
-                self.lc.drop(uptime=uptime) if event == "drop" else getattr(self.lc, event)()
-            )
+            if event == "drop":
+                effects: list[Effect] = self.lc.drop(uptime=uptime)
+            elif event == "defer":
+                effects = self.lc.defer(DEFER_DELAY)
+            else:
+                effects = getattr(self.lc, event)()
         except (InvalidTransition, NotConnected):
             return
         self.out.resolve(event, before, effects)

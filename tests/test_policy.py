@@ -13,6 +13,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from fsm import RetryPolicy
+from fsm._policy import check_draw
 
 FIELDS = (
     "max_attempts",
@@ -22,6 +23,7 @@ FIELDS = (
     "jitter",
     "connect_timeout",
     "min_uptime",
+    "max_retry_after",
 )
 
 # Field values that are never valid, whatever the field.
@@ -71,6 +73,7 @@ def test_defaults_are_the_documented_ones() -> None:
     assert policy.jitter == 1.0
     assert policy.connect_timeout == 10.0
     assert policy.min_uptime == 5.0
+    assert policy.max_retry_after == 120.0
 
 
 def test_default_schedule_is_bounded() -> None:
@@ -258,3 +261,51 @@ def test_long_schedules_with_a_steep_multiplier_are_capped() -> None:
     """A long cycle with multiplier 3 ends at max_delay instead of overflowing."""
     delays = RetryPolicy(max_attempts=1100, multiplier=3.0).delays()
     assert delays[-1] == 10.0
+
+
+# -- Retry-After and the rng's draws ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "expected"),
+    [(None, 2.0), (0.0, 2.0), (1.5, 2.0), (30.0, 30.0), (120.0, 120.0), (3600.0, 120.0)],
+)
+def test_retry_after_raises_the_wait_up_to_its_cap(
+    retry_after: float | None, expected: float
+) -> None:
+    """A Retry-After raises the scheduled wait to at least itself, never past max_retry_after."""
+    assert RetryPolicy().honour_retry_after(2.0, retry_after) == expected
+
+
+def test_jittered_is_backoff_for_a_given_draw() -> None:
+    """jittered(n, u) is the wait backoff(n, rng) draws when rng.random() returns u."""
+    policy = RetryPolicy()
+    for n in range(1, 8):
+        rng = random.Random(n)
+        u = random.Random(n).random()
+        assert policy.backoff(n, rng) == policy.jittered(n, u)
+
+
+@pytest.mark.parametrize("draw", [0.0, 0.5, math.nextafter(1.0, 0.0), 0])
+def test_a_draw_in_the_unit_interval_is_usable(draw: float) -> None:
+    """check_draw accepts every real number in [0, 1)."""
+    assert check_draw(draw) is None
+
+
+@pytest.mark.parametrize("draw", [1.0, 2.0, -0.1, float("nan"), float("inf"), True, "0.5", None])
+def test_a_draw_outside_the_unit_interval_is_named(draw: object) -> None:
+    """check_draw names what rng.random() returned and what it must return."""
+    problem = check_draw(draw)
+    assert problem == f"rng.random() returned {draw!r}; it must return a float in [0, 1)"
+
+
+@pytest.mark.parametrize("draw", [2.0, float("nan"), -1.0])
+def test_backoff_refuses_a_bad_draw_instead_of_a_bad_wait(draw: float) -> None:
+    """backoff raises ValueError naming the draw rather than return a negative or NaN wait."""
+
+    class Broken(random.Random):
+        def random(self) -> float:
+            return draw
+
+    with pytest.raises(ValueError, match="must return a float in"):
+        RetryPolicy().backoff(1, Broken())
