@@ -213,7 +213,8 @@ class EditBuffer:
         self.limit = limit
         # Updated in place, so a cell keeps the position of its first edit.
         self._entries: dict[str, _Entry] = {}
-        self._in_flight: dict[int, set[str]] = {}
+        # seq -> the cells still waiting on it, in cell order (a dict as an ordered set).
+        self._in_flight: dict[int, dict[str, None]] = {}
         self._retired: set[int] = set()  # seqs in flight at the last requeue
         self._next_seq = 1
         self._acked: dict[str, str] = {}  # each cell's latest acknowledged code
@@ -313,7 +314,7 @@ class EditBuffer:
             entry.code = code
             entry.seq = seq
         if seq is not None:
-            self._in_flight[seq] = {cell_id}
+            self._in_flight[seq] = {cell_id: None}
 
     def _forget_in_flight(self, cell_id: str, seq: int | None) -> None:
         # The seq stays known even when nothing waits on it any more (its edits were
@@ -321,7 +322,7 @@ class EditBuffer:
         if seq is not None:
             cells = self._in_flight.get(seq)
             if cells is not None:
-                cells.discard(cell_id)
+                cells.pop(cell_id, None)
 
     def put(self, cell_id: str, code: str) -> None:
         """Record an edit made while not OPEN: pending until the next flush."""
@@ -357,7 +358,7 @@ class EditBuffer:
             if entry.seq is None:
                 seq = self._new_seq()
                 entry.seq = seq
-                self._in_flight[seq] = {cell_id}
+                self._in_flight[seq] = {cell_id: None}
                 sent.append((seq, cell_id, entry.code))
         return sent
 
@@ -404,7 +405,7 @@ class EditBuffer:
                     size += 1 + cost
                     continue
                 if base + cost <= limit:  # fits alone: the next frame starts with it
-                    self._in_flight[seq] = set(codes)
+                    self._in_flight[seq] = dict.fromkeys(codes)
                     frames.append(FlushFrame(seq, codes, False))
                     seq = self._new_seq()
                     base = _frame_base(seq)
@@ -420,7 +421,7 @@ class EditBuffer:
                 self._undeliverable[cell_id] = entry.code
                 undeliverable.append(cell_id)
         # Registered even when empty: the server acks every frame.
-        self._in_flight[seq] = set(codes)
+        self._in_flight[seq] = dict.fromkeys(codes)
         frames.append(FlushFrame(seq, codes, True))
         return FlushBatch(tuple(frames), undeliverable=tuple(undeliverable))
 

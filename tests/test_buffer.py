@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fsm import EditBuffer, EditBufferFull, FlushBatch, LifecycleError
+from fsm import EditBuffer, EditBufferFull, EditTooLarge, FlushBatch, FlushFrame, LifecycleError
+from fsm._frames import encode_frame
 
 # -- recording edits ---------------------------------------------------------------------
 
@@ -366,3 +367,319 @@ def test_no_edit_is_lost_whatever_the_order_of_operations(ops: list[tuple[Any, .
                 assert pending[cell] == code
             else:
                 assert server.get(cell) == code
+
+
+# -- protocol v2: seqs ----------------------------------------------------------------------
+
+
+def test_new_seqs_start_above_a_kernel_ready_seq() -> None:
+    """After kernel-ready says seq 100, the flush and every later frame are numbered above it."""
+    buffer = EditBuffer()
+    buffer.put("a", "1")
+    buffer.ready(seq=100)
+    batch = buffer.take_flush()
+    assert batch.seq == 101
+    assert buffer.send("a", "2") == 102
+
+
+def test_new_seqs_stay_above_the_clients_own_when_kernel_ready_says_less() -> None:
+    """A kernel-ready seq below the client's last seq never makes a seq go back."""
+    buffer = EditBuffer()
+    sent = [buffer.send("a", str(n)) for n in range(5)]
+    buffer.requeue()
+    buffer.ready(seq=2)
+    assert buffer.take_flush().seq == sent[-1] + 1
+
+
+def test_seqs_are_assigned_when_content_leaves_the_buffer() -> None:
+    """put takes no seq; the flush that carries it does, above every kernel-ready seq seen."""
+    buffer = EditBuffer()
+    buffer.put("a", "1")
+    assert buffer.last_seq == 0
+    buffer.ready(seq=7)
+    buffer.ready(seq=3)  # a later, lower kernel-ready does not lower the floor
+    assert buffer.take_flush().seq == 8
+
+
+def test_a_peer_without_seqs_changes_no_numbering() -> None:
+    """ready(seq=None) (marimo) neither moves the numbering nor detects a lost state."""
+    buffer = EditBuffer()
+    buffer.put("a", "1")
+    first = buffer.take_flush()
+    assert buffer.ack(first.seq)
+    buffer.ready(seq=None)
+    batch = buffer.take_flush()
+    assert batch.seq == first.seq + 1
+    assert batch.codes == {}
+
+
+@pytest.mark.parametrize(
+    ("seq", "size"), [(-1, None), (True, None), (2**53, None), ("1", None), (1.0, None),
+                      (0, 10), (0, True), (0, 2.0)],
+)  # fmt: skip
+def test_values_no_kernel_ready_sends_are_refused(seq: Any, size: Any) -> None:
+    """A seq outside [0, 2**53) or a frame limit too small for an empty flush raises ValueError."""
+    buffer = EditBuffer()
+    buffer.put("a", "1")
+    with pytest.raises(ValueError, match=r"seq|max_frame_size"):
+        buffer.ready(seq=seq, max_frame_size=size)
+    assert buffer.max_frame_size == 1 << 20
+    assert buffer.take_flush().seq == 1
+
+
+# -- protocol v2: a server that lost its state ------------------------------------------------
+
+
+def lost_state_buffer() -> tuple[EditBuffer, int]:
+    """A buffer whose cells a and b were acknowledged, c acknowledged then edited again."""
+    buffer = EditBuffer()
+    buffer.put("a", "a1")
+    buffer.put("b", "b1")
+    buffer.put("c", "c1")
+    first = buffer.take_flush()
+    assert buffer.ack(first.seq)
+    buffer.put("d", "d1")
+    buffer.put("c", "c2")
+    return buffer, first.seq
+
+
+def test_a_kernel_ready_below_the_acked_seq_resends_every_cell() -> None:
+    """A server that lost its state gets every cell ever edited, each with its latest code."""
+    buffer, acked = lost_state_buffer()
+    assert buffer.acknowledged == {"a": "a1", "b": "b1", "c": "c1"}
+    buffer.ready(seq=acked - 1)
+    batch = buffer.take_flush()
+    assert batch.codes == {"a": "a1", "b": "b1", "c": "c2", "d": "d1"}
+    assert list(batch.codes) == ["a", "b", "c", "d"]
+    # Pending again until the new server acknowledges them.
+    assert buffer.pending == batch.codes
+    assert buffer.ack(batch.seq)
+    assert buffer.pending == {}
+    assert buffer.acknowledged == {"a": "a1", "b": "b1", "c": "c2", "d": "d1"}
+
+
+@pytest.mark.parametrize("offset", [0, 1, 50])
+def test_a_kernel_ready_at_or_above_the_acked_seq_resends_only_the_unacked(offset: int) -> None:
+    """A server that kept its state (seq >= the highest acked) gets only unacknowledged edits."""
+    buffer, acked = lost_state_buffer()
+    buffer.ready(seq=acked + offset)
+    assert buffer.take_flush().codes == {"d": "d1", "c": "c2"}
+
+
+def test_the_full_resend_happens_once() -> None:
+    """After the full resend, a later flush to the same server carries only what is unacked."""
+    buffer, _ = lost_state_buffer()
+    buffer.ready(seq=0)
+    resent = buffer.take_flush()
+    assert buffer.ack(resent.seq)
+    buffer.put("e", "e1")
+    buffer.ready(seq=resent.seq)
+    assert buffer.take_flush().codes == {"e": "e1"}
+
+
+def test_a_late_ack_of_a_retired_seq_counts_as_seen_acknowledged() -> None:
+    """An ack for a seq sent before the last requeue raises the acked floor too."""
+    buffer = EditBuffer()
+    buffer.put("a", "1")
+    batch = buffer.take_flush()
+    buffer.requeue()
+    assert buffer.ack(batch.seq) is True  # expected, forgets nothing
+    buffer.ready(seq=0)
+    assert buffer.take_flush().codes == {"a": "1"}
+
+
+# -- flush batches under the frame limit ------------------------------------------------------
+
+
+def frame_bytes(frame: FlushFrame, auto_run: bool | None = None) -> int:
+    """Bytes of exactly what the reference protocol sends for ``frame``."""
+    run = frame.auto_run if auto_run is None else auto_run
+    data = {"seq": frame.seq, "codes": frame.codes, "auto_run": run}
+    return len(encode_frame("instantiate", data).encode("utf-8"))
+
+
+def empty_frame_bytes(seq: int) -> int:
+    return len(encode_frame("instantiate", {"seq": seq, "codes": {}, "auto_run": False}))
+
+
+def test_a_flush_over_the_limit_is_split_into_frames_in_cell_order() -> None:
+    """Edits too many for one frame go out as several, each under the limit, in cell order."""
+    buffer = EditBuffer(max_frame_size=2_000)
+    codes = {f"cell-{n:03}": "x" * 90 for n in range(100)}
+    for cell, code in codes.items():
+        buffer.put(cell, code)
+    batch = buffer.take_flush()
+    assert len(batch.frames) > 1
+    assert batch.codes == codes and list(batch.codes) == list(codes)
+    assert all(frame_bytes(f) <= 2_000 for f in batch.frames)
+    assert [f.auto_run for f in batch.frames] == [False] * (len(batch.frames) - 1) + [True]
+    seqs = [f.seq for f in batch.frames]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+    assert batch.seq == seqs[-1]
+    assert buffer.in_flight_seqs == frozenset(seqs)
+
+
+def test_frames_are_filled_right_up_to_the_limit() -> None:
+    """A frame of exactly the limit is sent whole; one byte more starts the next frame."""
+    cell_cost = len('"a":""')  # "a":"" with an empty code
+    # Two cells: "a" and "b" with codes sized so the first frame is exactly the limit.
+    code_a = "x" * 100
+    code_b = "y" * 100
+    seq = 1
+    exact = empty_frame_bytes(seq) + (cell_cost + 100) * 2 + 1  # two entries and a comma
+    for limit, frames in ((exact, 1), (exact - 1, 2)):
+        buffer = EditBuffer(max_frame_size=limit)
+        buffer.put("a", code_a)
+        buffer.put("b", code_b)
+        batch = buffer.take_flush()
+        assert len(batch.frames) == frames, limit
+        assert batch.codes == {"a": code_a, "b": code_b}
+        if frames == 1:
+            # Sized as if auto_run were false: exactly the limit; the last says true.
+            assert frame_bytes(batch.frames[0], auto_run=False) == limit
+            assert frame_bytes(batch.frames[0]) == limit - 1
+        else:
+            assert [list(f.codes) for f in batch.frames] == [["a"], ["b"]]
+
+
+def test_frame_sizes_count_utf8_bytes_of_the_escaped_json() -> None:
+    """Non-ASCII code is sized as the protocol encodes it (escaped JSON), never over the limit."""
+    buffer = EditBuffer(max_frame_size=1_000)
+    for n in range(40):
+        buffer.put(f"c{n}", 'print("é ☃ 😀\\n\\t")' * 3)
+    batch = buffer.take_flush()
+    assert len(batch.frames) > 1
+    assert all(frame_bytes(f) <= 1_000 for f in batch.frames)
+    assert len(batch.codes) == 40
+
+
+def test_an_empty_flush_is_one_frame_with_no_codes() -> None:
+    """A flush with nothing pending is exactly one frame, no codes, auto_run true."""
+    batch = EditBuffer().take_flush()
+    assert len(batch.frames) == 1
+    assert batch.frames[0].codes == {} and batch.frames[0].auto_run is True
+
+
+def test_each_frame_is_acknowledged_on_its_own() -> None:
+    """Acking one frame of a batch forgets exactly its cells; the others stay pending."""
+    buffer = EditBuffer(max_frame_size=400)
+    for n in range(6):
+        buffer.put(f"c{n}", "z" * 100)
+    batch = buffer.take_flush()
+    first, *rest = batch.frames
+    assert rest
+    assert buffer.ack(first.seq)
+    assert set(buffer.pending) == {c for f in rest for c in f.codes}
+
+
+@given(
+    st.lists(st.tuples(st.sampled_from("abcdefgh"), st.text(max_size=300)), max_size=40),
+    st.integers(min_value=500, max_value=3_000),
+)
+def test_every_frame_of_any_batch_fits_and_nothing_is_left_out(
+    edits: list[tuple[str, str]], limit: int
+) -> None:
+    """Whatever the edits and the limit, the frames fit, merge to every unsent edit, in order."""
+    buffer = EditBuffer()
+    for cell, code in edits:
+        buffer.put(cell, code)
+    unsent = buffer.unsent
+    buffer.ready(seq=0, max_frame_size=limit)
+    batch = buffer.take_flush()
+    assert all(frame_bytes(f) <= limit for f in batch.frames)
+    carried = {c: code for c, code in unsent.items() if c not in batch.undeliverable}
+    assert batch.codes == carried and list(batch.codes) == list(carried)
+    for cell in batch.undeliverable:
+        assert buffer.edit_size(cell, unsent[cell]) > limit
+
+
+# -- edits too large for any frame --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["put", "send"])
+def test_an_edit_too_large_for_a_frame_is_refused_at_the_call(method: str) -> None:
+    """EditTooLarge names the cell, the size and the limit; the buffer is unchanged."""
+    buffer = EditBuffer(max_frame_size=1_000)
+    buffer.put("a", "small")
+    seq_before = buffer.last_seq
+    with pytest.raises(EditTooLarge) as info:
+        getattr(buffer, method)("a", "x" * 1_000)
+    error = info.value
+    assert isinstance(error, LifecycleError) and isinstance(error, ValueError)
+    assert (error.cell_id, error.limit) == ("a", 1_000)
+    assert error.size == buffer.edit_size("a", "x" * 1_000) > 1_000
+    assert "'a'" in str(error) and str(error.size) in str(error) and "1000" in str(error)
+    assert buffer.pending == {"a": "small"}
+    assert buffer.last_seq == seq_before
+
+
+def test_the_largest_edit_accepted_fits_any_frame_that_carries_it() -> None:
+    """An edit whose frame is exactly the limit is accepted and flushes; one byte more is not."""
+    limit = 1_000
+    buffer = EditBuffer(max_frame_size=limit)
+    overhead = buffer.edit_size("a", "")
+    fits = "x" * (limit - overhead)
+    assert buffer.edit_size("a", fits) == limit
+    buffer.put("a", fits)
+    with pytest.raises(EditTooLarge):
+        buffer.put("b", fits + "x")
+    seq = buffer.send("a", fits)
+    edit_frame = encode_frame("edit", {"seq": seq, "cell_id": "a", "code": fits})
+    assert len(edit_frame) <= limit
+    buffer.requeue()
+    batch = buffer.take_flush()
+    assert batch.undeliverable == () and frame_bytes(batch.frames[0]) <= limit
+
+
+def test_escapes_count_towards_the_size_of_an_edit() -> None:
+    """An edit of characters JSON escapes is sized escaped: 300 emoji are 3,602 bytes, not 300."""
+    buffer = EditBuffer(max_frame_size=2_000)
+    with pytest.raises(EditTooLarge) as info:
+        buffer.put("a", "😀" * 300)
+    assert info.value.size == buffer.edit_size("a", "") + 12 * 300
+
+
+# -- an edit no frame can carry any more --------------------------------------------------------
+
+
+def test_an_edit_a_lowered_limit_cannot_carry_is_reported_not_resent() -> None:
+    """A kernel-ready lowering the limit below an accepted edit: reported, out of pending."""
+    buffer = EditBuffer()
+    buffer.put("big", "x" * 5_000)
+    buffer.put("small", "y")
+    buffer.ready(seq=0, max_frame_size=1_000)
+    batch = buffer.take_flush()
+    assert batch.undeliverable == ("big",)
+    assert batch.codes == {"small": "y"}
+    assert buffer.undeliverable == {"big": "x" * 5_000}
+    assert buffer.pending == {"small": "y"}
+    assert buffer.ack(batch.seq) and len(buffer) == 0
+    # The same limit again: not resent, not reported again.
+    buffer.requeue()
+    buffer.ready(seq=batch.seq, max_frame_size=1_000)
+    again = buffer.take_flush()
+    assert again.undeliverable == () and again.codes == {}
+
+
+def test_an_undeliverable_edit_goes_out_once_a_limit_allows_it() -> None:
+    """A later kernel-ready with a limit large enough carries the undeliverable edit again."""
+    buffer = EditBuffer()
+    buffer.put("big", "x" * 5_000)
+    buffer.ready(seq=0, max_frame_size=1_000)
+    buffer.take_flush()
+    buffer.requeue()
+    buffer.ready(seq=0)  # 1 MiB again
+    batch = buffer.take_flush()
+    assert batch.codes == {"big": "x" * 5_000}
+    assert buffer.undeliverable == {}
+
+
+def test_a_new_edit_replaces_an_undeliverable_one() -> None:
+    """Editing the cell again drops the undeliverable code: the new one is pending."""
+    buffer = EditBuffer()
+    buffer.put("big", "x" * 5_000)
+    buffer.ready(seq=0, max_frame_size=1_000)
+    buffer.take_flush()
+    buffer.put("big", "short")
+    assert buffer.undeliverable == {}
+    assert buffer.pending == {"big": "short"}
