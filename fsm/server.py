@@ -406,7 +406,8 @@ class KernelServer:
 
     ``cells`` is the kernel's one document, shared by every session; seqs order the writes of
     one session (one writer per session). ``max_frame_size`` (UTF-8 bytes) is announced in
-    ``kernel-ready`` and enforced with 1009.
+    ``kernel-ready`` and enforced with 1009. ``fence=False`` (tests only) leaves older
+    connections of a session open and applied, by seq.
     """
 
     def __init__(
@@ -419,12 +420,16 @@ class KernelServer:
         close_timeout: float = 2.0,
         handshake_timeout: float = 10.0,
         max_frame_size: int = MAX_FRAME_SIZE,
+        fence: bool = True,
     ) -> None:
         if isinstance(max_frame_size, bool) or not isinstance(max_frame_size, int) or (
             max_frame_size < 64
         ):
             raise ValueError(f"max_frame_size must be an integer >= 64, got {max_frame_size!r}")
         self.max_frame_size = max_frame_size
+        #: Protocol v2 fences older connections; tests turn it off to prove that the seqs
+        #: alone keep a late frame from overwriting newer code.
+        self.fence = fence
         self._initial_cells: dict[str, str] = dict(cells or {})
         self.cells: dict[str, str] = dict(self._initial_cells)
         self._token = token
@@ -616,6 +621,8 @@ class KernelServer:
         """
         assert conn.session_id is not None
         state = self.sessions.setdefault(conn.session_id, SessionState())
+        if not self.fence:
+            return
         if conn.order < state.writer:
             self._fence_one(conn)
             return
@@ -679,7 +686,12 @@ class KernelServer:
                 await self._serve_tcp(conn)
         except Exception as exc:
             # One broken connection must never take the server down.
-            log.warning("connection_error", session_id=conn.session_id, error=repr(exc))
+            if _is_transport_loss(exc):
+                # A reset, or trio-websocket refusing to answer a ping while it closes:
+                # the peer went away, nothing is wrong with the server.
+                log.info("connection_lost", session_id=conn.session_id, error=repr(exc)[:200])
+            else:
+                log.warning("connection_error", session_id=conn.session_id, error=repr(exc))
         finally:
             self._conns.discard(conn)
             await trio.aclose_forcefully(raw)
@@ -958,6 +970,19 @@ class KernelServer:
             if inspect.isawaitable(result):
                 await result
             self._notify()
+
+
+def _is_transport_loss(exc: BaseException) -> bool:
+    """Whether ``exc`` (or every exception of a group) is a connection going away."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_is_transport_loss(e) for e in exc.exceptions)
+    if isinstance(exc, trio.BrokenResourceError | trio.ClosedResourceError | ConnectionError):
+        return True
+    # wsproto's LocalProtocolError: trio-websocket 0.12.2 answers a ping that arrives while
+    # it closes, which wsproto refuses (DESIGN.md section 9).
+    return type(exc).__name__ == "LocalProtocolError" and type(exc).__module__.startswith(
+        "wsproto"
+    )
 
 
 def _parse_update(frame: Frame) -> tuple[int, dict[str, str]]:

@@ -56,7 +56,13 @@ LAG_PROBE = 0.02
 CONCURRENCY = 32
 #: Log events that mean a bug of the library, whatever the faults.
 INTERNAL_ERRORS = frozenset(
-    {"unexpected_error", "observer_failed", "driver_event_rejected", "release_failed"}
+    {
+        "unexpected_error",
+        "observer_failed",
+        "driver_event_rejected",
+        "release_failed",
+        "connection_error",  # the server's: anything but a peer going away
+    }
 )
 #: Bound for one schedule, from start to its last check.
 SCHEDULE_LIMIT = 30.0
@@ -120,11 +126,15 @@ class Outcome:
 
     seed: int
     plan: list[ConnFault]
+    fence: bool = True
     faults: collections.Counter[str] = field(default_factory=collections.Counter)
     edits: int = 0
     cells_checked: int = 0
     late_bytes: int = 0
     lost_state: int = 0
+    #: Codes the server did not apply: frames from a fenced connection, stale seqs.
+    fenced_frames: int = 0
+    stale_codes: int = 0
     #: (entered, left) of every DIALING phase, on trio's clock.
     dialing: list[tuple[float, float]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
@@ -160,8 +170,11 @@ async def run_schedule(seed: int) -> Outcome:
     rng = random.Random(seed)
     plan = random_plan(rng, stall=HEARTBEAT_INTERVAL + HEARTBEAT_TIMEOUT)
     script = random_script(rng, seed)
-    outcome = Outcome(seed, plan)
-    server = KernelServer(close_timeout=0.3, handshake_timeout=2.0)
+    # Half the schedules run against a server that does not fence older connections, so
+    # late frames are read and only the seqs keep them from overwriting newer code.
+    fence = rng.random() < 0.5
+    outcome = Outcome(seed, plan, fence=fence)
+    server = KernelServer(close_timeout=0.3, handshake_timeout=2.0, fence=fence)
     dialing_since: list[float] = []
 
     def observe(change: fsm.Transition) -> None:
@@ -216,6 +229,9 @@ async def run_schedule(seed: int) -> Outcome:
         outcome.dialing.append((dialing_since[0], trio.current_time()))
     outcome.faults = proxy.injected
     outcome.late_bytes = proxy.late_bytes
+    for state in server.sessions.values():
+        outcome.fenced_frames += state.fenced_frames
+        outcome.stale_codes += state.stale_codes
     return outcome
 
 
@@ -303,6 +319,8 @@ async def test_random_fault_schedules_lose_no_edit() -> None:
         f"faults {dict(sorted(faults.items()))}, {sum(o.edits for o in outcomes)} edits, "
         f"{sum(o.cells_checked for o in outcomes)} cell checks, "
         f"{sum(o.late_bytes for o in outcomes)} late bytes, "
+        f"{sum(o.fenced_frames for o in outcomes)} frames on fenced connections and "
+        f"{sum(o.stale_codes for o in outcomes)} stale codes not applied, "
         f"{sum(o.lost_state for o in outcomes)} state losses, "
         f"longest DIALING {max((e - s for o in outcomes for s, e in o.dialing), default=0):.2f} s, "
         f"event loop late by up to {max((g for _, g in lag.samples), default=0):.2f} s"
@@ -321,7 +339,8 @@ async def test_random_fault_schedules_lose_no_edit() -> None:
         ]
         print(f"log of {first}:", *story[-80:], sep="\n  ")
     assert not failed, summary + "\n" + "\n".join(
-        f"FSM_FAULT_SEED={o.seed} plan={o.plan}: " + "; ".join(o.problems[:5]) for o in failed[:10]
+        f"FSM_FAULT_SEED={o.seed} fence={o.fence} plan={o.plan}: " + "; ".join(o.problems[:5])
+        for o in failed[:10]
     )
     assert len(outcomes) == len(run)
     if len(run) >= 100:
