@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable
 
 import pytest
+from structlog.testing import capture_logs
 
 import fsm
 from fsm import (
@@ -1103,3 +1104,228 @@ def test_events_lists_every_declared_event_once() -> None:
     """fsm.lifecycle.EVENTS names exactly the events the machine declares, each once."""
     assert len(set(EVENTS)) == len(EVENTS)
     assert set(EVENTS) == {event.id for event in _LifecycleMachine.events}
+
+
+# -- Retry-After ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "expected"), [(30.0, 30.0), (500.0, 120.0), (0.0, None), (None, None)]
+)
+def test_a_retry_after_raises_the_wait_up_to_the_cap(
+    retry_after: float | None, expected: float | None
+) -> None:
+    """fail(retry_after=s) waits max(schedule, min(s, max_retry_after)); none keeps the schedule."""
+    lc = make(seed=3)
+    lc.connect()
+    (backoff,) = lc.fail("HTTP 429", retry_after=retry_after)
+    scheduled = lc.policy.backoff(1, random.Random(3))
+    assert backoff == Backoff(attempt=1, delay=expected if expected is not None else scheduled)
+
+
+@pytest.mark.parametrize("retry_after", [-1.0, float("nan"), float("inf"), True, "5"])
+def test_a_bad_retry_after_is_refused_at_the_call(retry_after: object) -> None:
+    """A Retry-After that is not a finite number >= 0 raises ValueError; still DIALING."""
+    lc = dialing()
+    before = snapshot(lc)
+    with pytest.raises(ValueError, match="retry_after"):
+        lc.fail(retry_after=retry_after)  # type: ignore[arg-type]
+    assert snapshot(lc) == before
+
+
+# -- defer --------------------------------------------------------------------------------------
+
+
+def test_defer_backs_off_for_exactly_the_delay_without_counting_a_failure() -> None:
+    """defer(d) right after a Dial: BACKING_OFF, Backoff(attempts, d), attempts unchanged."""
+    lc = make(max_attempts=3)
+    assert lc.connect() == [Dial(1, lc.policy.connect_timeout)]
+    assert lc.defer(7.5) == [Backoff(attempt=0, delay=7.5)]
+    assert (lc.phase, lc.attempts) == (Phase.BACKING_OFF, 0)
+    assert lc.retry() == [Dial(1, lc.policy.connect_timeout)]
+    # The schedule did not advance: the first failure waits the first delay.
+    (backoff,) = lc.fail()
+    assert backoff.delay <= lc.policy.nominal_delay(1)
+
+
+def test_defer_can_repeat_forever_without_giving_up() -> None:
+    """A gateway may defer an attempt any number of times: the budget is never spent."""
+    lc = make(max_attempts=1)
+    lc.connect()
+    for _ in range(50):
+        lc.defer(1.0)
+        lc.retry()
+    assert (lc.phase, lc.attempts) == (Phase.DIALING, 0)
+
+
+def test_connect_after_a_defer_dials_now() -> None:
+    """A person's connect while a deferred attempt waits cancels the wait and dials."""
+    lc = dialing()
+    lc.defer(30.0)
+    assert lc.connect() == [HangUp(graceful=False), Dial(1, lc.policy.connect_timeout)]
+
+
+@pytest.mark.parametrize("delay", [-0.5, float("nan"), float("inf"), None, False])
+def test_a_bad_defer_delay_is_refused_at_the_call(delay: object) -> None:
+    """defer with a delay that is not a finite number >= 0 raises ValueError; still DIALING."""
+    lc = dialing()
+    before = snapshot(lc)
+    with pytest.raises(ValueError, match="delay"):
+        lc.defer(delay)  # type: ignore[arg-type]
+    assert snapshot(lc) == before
+
+
+# -- protocol v2 through the lifecycle -------------------------------------------------------------
+
+
+def test_ready_takes_kernel_readys_seq_and_frame_limit() -> None:
+    """ready(seq, max_frame_size): the flush is numbered above seq, the limit is known."""
+    lc = make()
+    lc.edit("a", "1")
+    assert lc.max_frame_size == 1 << 20
+    lc.connect()
+    (flush,) = lc.ready(seq=41, max_frame_size=4096)
+    assert isinstance(flush, Flush)
+    assert [f.seq for f in flush.batch.frames] == [42]
+    assert lc.max_frame_size == 4096
+    edit = lc.edit("a", "2")
+    assert edit is not None and edit.seq == 43
+
+
+@pytest.mark.parametrize(("seq", "size"), [(-1, None), (0, 5), ("3", None), (0, True)])
+def test_ready_with_values_no_server_sends_raises_and_changes_nothing(
+    seq: object, size: object
+) -> None:
+    """ready with a bad seq or frame limit raises ValueError before the engine; still DIALING."""
+    lc = dialing()
+    lc.edit("a", "1")
+    before = snapshot(lc)
+    with pytest.raises(ValueError):
+        lc.ready(seq=seq, max_frame_size=size)  # type: ignore[arg-type]
+    assert snapshot(lc) == before
+    assert lc.buffer.unsent == {"a": "1"}
+
+
+def test_a_server_that_lost_its_state_gets_the_whole_document() -> None:
+    """After a reconnect whose kernel-ready seq is below the acked one, every cell is flushed."""
+    lc = make()
+    lc.edit("a", "a = 1")
+    lc.edit("b", "b = 1")
+    lc.connect()
+    (flush,) = lc.ready()
+    assert isinstance(flush, Flush)
+    assert lc.ack(flush.batch.seq)
+    lc.edit("b", "b = 2")
+    edit = lc.edit("c", "c = 1")
+    assert edit is not None and lc.ack(edit.seq)
+    lc.drop(uptime=60.0)
+    lc.retry()
+    (again,) = lc.ready(seq=0)  # restarted without its state
+    assert isinstance(again, Flush)
+    assert again.batch.codes == {"a": "a = 1", "b": "b = 2", "c": "c = 1"}
+    assert lc.pending_edits == again.batch.codes
+
+
+@pytest.mark.parametrize("state", ["NOT_STARTED", "OPEN"])
+def test_edit_refuses_an_edit_too_large_for_any_frame(state: str) -> None:
+    """edit() raises EditTooLarge at the call (cell, size, limit); nothing is sent or kept."""
+    lc = BUILDERS[state]()
+    lc.edit("a", "ok")
+    pending = lc.pending_edits
+    with pytest.raises(fsm.EditTooLarge) as info:
+        lc.edit("a", "x" * lc.max_frame_size)
+    assert info.value.cell_id == "a" and info.value.limit == lc.max_frame_size
+    assert "'a'" in str(info.value) and str(lc.max_frame_size) in str(info.value)
+    assert lc.pending_edits == pending
+
+
+def test_an_edit_a_lowered_limit_cannot_carry_is_reported_once() -> None:
+    """A kernel-ready lowering the limit below a buffered edit: flushed without it, logged,
+    listed in lc.undeliverable, not pending (so waiting for acks ends)."""
+    lc = make()
+    lc.edit("big", "x" * 10_000)
+    lc.edit("small", "y")
+    lc.connect()
+    with capture_logs() as logs:
+        (flush,) = lc.ready(seq=0, max_frame_size=2_000)
+    assert isinstance(flush, Flush)
+    assert flush.batch.undeliverable == ("big",)
+    assert flush.batch.codes == {"small": "y"}
+    assert lc.undeliverable == {"big": "x" * 10_000}
+    assert lc.pending_edits == {"small": "y"}
+    warnings = [e for e in logs if e["event"] == "edits_undeliverable"]
+    assert warnings == [
+        {"event": "edits_undeliverable", "log_level": "warning", "cells": ["big"],
+         "max_frame_size": 2_000}
+    ]  # fmt: skip
+    assert "x" * 100 not in repr(logs)  # the code itself is never logged
+
+
+# -- bad rng draws --------------------------------------------------------------------------------
+
+
+class ScriptedRandom(random.Random):
+    """An rng whose random() returns the given values (or raises them)."""
+
+    def __init__(self, *values: object) -> None:
+        super().__init__(0)
+        self.values = list(values)
+
+    def random(self) -> float:
+        value = self.values.pop(0) if self.values else 0.5
+        if isinstance(value, BaseException):
+            raise value
+        return value  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize(
+    "draw", [2.0, float("nan"), -0.25, 1.0, "0.5", RuntimeError("entropy pool empty")], ids=repr
+)
+def test_a_bad_draw_ends_the_cycle_in_closed_error_not_a_crash(draw: object) -> None:
+    """A draw outside [0, 1) (or one that raises) makes the next failure CLOSED(ERROR), saying
+    what rng.random() did; connect with a good rng recovers."""
+    lc = ConnectionLifecycle(RetryPolicy(), ScriptedRandom(draw), log_transitions=False)
+    lc.connect()
+    with capture_logs() as logs:
+        assert lc.fail("refused") == []
+    assert (lc.state, lc.close_reason, lc.attempts) == (ConnState.CLOSED, CloseReason.ERROR, 0)
+    assert isinstance(lc.last_cause, ValueError)
+    assert "rng.random()" in str(lc.last_cause)
+    if not isinstance(draw, BaseException):
+        assert f"returned {draw!r}; it must return a float in [0, 1)" in str(lc.last_cause)
+    assert [e["event"] for e in logs] == ["rng_draw_invalid"]
+    failed = fsm.ConnectionFailed(lc.close_reason, lc.attempts, lc.last_cause)
+    assert "error in the client" in str(failed) and "rng.random()" in str(failed)
+    with pytest.raises(NotConnected, match=r"CLOSED\(ERROR\)"):
+        lc.request()
+    lc._rng = random.Random(0)
+    assert lc.connect() == [Dial(1, lc.policy.connect_timeout)]
+    assert [type(e) for e in lc.fail()] == [Backoff]
+
+
+def test_a_bad_draw_ends_an_open_connection_on_its_drop() -> None:
+    """A bad draw made when the open connection's attempt started turns its drop into ERROR."""
+    lc = ConnectionLifecycle(RetryPolicy(), ScriptedRandom(float("nan")), log_transitions=False)
+    lc.connect()
+    lc.ready()
+    assert lc.drop(uptime=60.0) == []
+    assert lc.close_reason is CloseReason.ERROR
+
+
+def test_without_jitter_the_rng_is_never_drawn() -> None:
+    """With jitter 0, a broken rng does not matter: no draw is made, waits are nominal."""
+    lc = ConnectionLifecycle(
+        RetryPolicy(jitter=0.0), ScriptedRandom(RuntimeError("never drawn")),
+        log_transitions=False,
+    )  # fmt: skip
+    lc.connect()
+    assert lc.fail() == [Backoff(1, lc.policy.initial_delay)]
+
+
+def test_a_good_draw_is_used_by_the_wait_after_its_attempt() -> None:
+    """The wait after an attempt is jittered by the draw made when that attempt started."""
+    lc = ConnectionLifecycle(RetryPolicy(), ScriptedRandom(0.25, 0.75), log_transitions=False)
+    lc.connect()
+    assert lc.fail() == [Backoff(1, lc.policy.jittered(1, 0.25))]
+    lc.retry()
+    assert lc.fail() == [Backoff(2, lc.policy.jittered(2, 0.75))]
