@@ -14,7 +14,7 @@ import trio_websocket
 
 import fsm
 from fsm._frames import Frame
-from fsm.server import Faults, Session, default_handler
+from fsm.server import Faults, KernelServer, Session, default_handler
 from tests._connector_helpers import FAST, LIMIT, serving
 from tests._gateway_helpers import Breakable, Inbox, client, gateway_to, http_get, raw_client
 
@@ -379,3 +379,24 @@ async def test_every_ack_means_the_kernel_holds_that_code_or_newer() -> None:
                         held = server.cells[cell]
                         assert history[cell].index(held) >= history[cell].index(code)
         assert server.cells == {cell: codes[-1] for cell, codes in history.items()}
+
+
+async def test_a_rejected_upstream_is_asked_again_only_by_connect() -> None:
+    """An upstream that refuses for good (401) makes requests fail with reason REJECTED
+    without dialling again; a person's connect dials again."""
+    async with serving(server=KernelServer(token="needed")) as server, gateway_to(server) as gw:
+        with trio.fail_after(LIMIT):
+            async with raw_client(gw, "rej") as ws:
+                await ws.recv()
+                await ws.send("run", {"cell_id": "a", "id": 1})
+                first = await ws.until("error", lambda d: d["id"] == 1)
+                assert first["data"]["reason"] == "REJECTED"
+                await ws.send("run", {"cell_id": "a", "id": 2})
+                second = await ws.until("error", lambda d: d["id"] == 2)
+                assert second["data"]["reason"] == "REJECTED"
+                assert server.rejections == [401]
+                await ws.send("connect", {"id": 3})
+                third = await ws.until("error", lambda d: d["id"] == 3)
+                assert third["data"] == {"op": "connect", "id": 3, "reason": "REJECTED",
+                                         "message": third["data"]["message"]}
+                assert server.rejections == [401, 401]

@@ -371,7 +371,10 @@ class Session:
         except RequestFailed as exc:
             reason, message = REASON_REFUSED, str(exc)
         except NotConnected as exc:
-            reason, message = REASON_NOT_CONNECTED, str(exc)
+            # Refused while CLOSED (USER, REJECTED, ERROR): the reason says what to do.
+            closed = conn.close_reason if conn.state is ConnState.CLOSED else None
+            reason = closed.value if closed is not None else REASON_NOT_CONNECTED
+            message = str(exc)
         except LifecycleError as exc:
             reason, message = REASON_NOT_CONNECTED, str(exc)
         except Exception as exc:
