@@ -272,6 +272,8 @@ class Gateway:
     async def shutdown(self) -> None:
         """Close every client (1001), then every upstream politely; returns once done."""
         self._stop.set()
+        if self._upstreams is None and not self._stopped.is_set():
+            return  # never served: nothing to close
         await self._stopped.wait()
 
     # -- sessions -----------------------------------------------------------------------
@@ -281,7 +283,8 @@ class Gateway:
             from fsm.marimo import MarimoProtocol
         except ImportError as exc:
             raise ValueError(
-                f"--marimo needs the marimo extra: pip install 'fsm[marimo]' ({exc})"
+                "--marimo needs the marimo extra: pip install 'fsm-kernel-lifecycle[marimo]'"
+                f" ({exc})"
             ) from exc
         return MarimoProtocol(self.marimo)
 
