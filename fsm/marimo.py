@@ -138,6 +138,14 @@ class MarimoSession:
     document: dict[str, str] = field(default_factory=dict)
     #: POSTs that started a run (instantiate or run) in this session.
     runs: int = 0
+    #: Per cell, the seq of the edit whose code marimo acknowledged last.
+    acked_seqs: dict[str, int] = field(default_factory=dict)
+
+    def acknowledged(self, codes: dict[str, str], seq: int) -> None:
+        """marimo answered 2xx to a POST carrying ``codes`` under ``seq``."""
+        self.document.update(codes)
+        for cell_id in codes:
+            self.acked_seqs[cell_id] = max(seq, self.acked_seqs.get(cell_id, 0))
 
 
 class MarimoProtocol(KernelProtocol):
@@ -170,6 +178,10 @@ class MarimoProtocol(KernelProtocol):
         self.http_timeout = float(http_timeout)
         self.transport = transport
         self._sessions: dict[str, MarimoSession] = {}
+        self._http_lock: Any = None  # a trio.Lock, made on first use
+        #: POSTs started and finished; never more than one apart (one request at a time).
+        self.http_requests = 0
+        self.http_requests_done = 0
         # A new session id that resumes an orphaned kernel gets "reconnected" and then
         # kernel-ready(resumed: true); the second is not a new ready frame (see is_ready).
         self._after_reconnected = False
@@ -296,14 +308,18 @@ class MarimoProtocol(KernelProtocol):
             state.instantiated = "no"  # a fresh kernel: the first instantiate counts
 
     async def flush(self, link: Link, batch: FlushBatch) -> None:
-        """Instantiate a fresh kernel with every cell, or run the batch's cells."""
-        await self._apply(link, batch.codes)
-        if batch.codes:
-            link.acknowledge(batch.seq)
+        """Instantiate a fresh kernel with every cell, or run the batch's cells.
+
+        HTTP has no frame limit: the batch goes whole (its merged codes, in one request)
+        and, once marimo answered 2xx, every frame's seq is acknowledged.
+        """
+        await self._apply(link, batch.codes, batch.seq)
+        for frame in batch.frames:
+            link.acknowledge(frame.seq)
 
     async def send_edit(self, link: Link, edit: SendEdit) -> None:
         """Run the edited cell (and its dependents) with its new code."""
-        await self._apply(link, {edit.cell_id: edit.code})
+        await self._apply(link, {edit.cell_id: edit.code}, edit.seq)
         link.acknowledge(edit.seq)
 
     async def request(self, link: Link, op: str, data: Any) -> Any:
@@ -345,8 +361,14 @@ class MarimoProtocol(KernelProtocol):
 
     # -- sending -----------------------------------------------------------------------
 
-    async def _apply(self, link: Link, codes: dict[str, str]) -> None:
+    async def _apply(self, link: Link, codes: dict[str, str], seq: int) -> None:
         state = self.session(link.session_id)
+        # Never send a cell's code older than one marimo already acknowledged (marimo has
+        # no seqs to refuse it itself): the buffer never asks for that, and this keeps it so.
+        acked = state.acked_seqs
+        stale = [cell_id for cell_id in codes if acked.get(cell_id, 0) > seq]
+        if stale:
+            codes = {cell_id: code for cell_id, code in codes.items() if cell_id not in stale}
         if state.instantiated != "yes":
             uncertain = state.instantiated == "unsure"
             merged = dict(state.file_cells)
@@ -360,7 +382,7 @@ class MarimoProtocol(KernelProtocol):
             )
             state.instantiated = "yes"
             state.runs += 1
-            state.document.update(codes)
+            state.acknowledged(codes, seq)
             if not uncertain:
                 return
         if codes:
@@ -370,7 +392,7 @@ class MarimoProtocol(KernelProtocol):
                 {"cellIds": list(codes), "codes": list(codes.values())},
             )
             state.runs += 1
-            state.document.update(codes)
+            state.acknowledged(codes, seq)
 
     async def _post_ok(self, link: Link, path: str, body: Any) -> None:
         response = await self._post(link, path, body)
@@ -392,10 +414,20 @@ class MarimoProtocol(KernelProtocol):
         if not isinstance(client, httpx.AsyncClient) or not isinstance(token, str):
             raise AttemptFailed("the link has no HTTP client or server token (prepare did not run)")
         headers = {"Marimo-Session-Id": link.session_id, "Marimo-Server-Token": token}
-        try:
-            return await client.post(path, json=body, headers=headers)
-        except httpx.HTTPError as exc:
-            raise AttemptFailed(f"POST {path} failed: {redact(describe(exc))}") from None
+        if self._http_lock is None:
+            import trio  # here: this module is imported by `fsm marimo --help` paths too
+
+            self._http_lock = trio.Lock()
+        # One HTTP request at a time, across this adapter's links too: marimo has no seqs,
+        # so the order its requests arrive in is the only order it knows.
+        async with self._http_lock:
+            self.http_requests += 1
+            try:
+                return await client.post(path, json=body, headers=headers)
+            except httpx.HTTPError as exc:
+                raise AttemptFailed(f"POST {path} failed: {redact(describe(exc))}") from None
+            finally:
+                self.http_requests_done += 1
 
 
 # -- helpers: HTTP -------------------------------------------------------------------------

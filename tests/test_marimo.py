@@ -175,7 +175,7 @@ async def test_flush_instantiates_a_fresh_kernel_with_every_cell() -> None:
     assert server.posts[-1][:2] == ("/api/kernel/run", {"cellIds": ["a"], "codes": ["x = 9"]})
     await protocol.on_ready(link, Frame("reconnected", {}))  # type: ignore[arg-type]
     await protocol.flush(link, fsm.FlushBatch(3, {}))  # type: ignore[arg-type]
-    assert len(server.posts) == 2 and link.acked == [1, 2]
+    assert len(server.posts) == 2 and link.acked == [1, 2, 3]
 
     # A restarted server's fresh kernel gets the whole document, not only what is pending.
     await protocol.on_ready(link, ready())  # type: ignore[arg-type]
@@ -184,6 +184,68 @@ async def test_flush_instantiates_a_fresh_kernel_with_every_cell() -> None:
     assert list(server.posts[-1][1]["codes"].items()) == [
         ("a", "x = 9"), ("b", "x + 5"), ("new", "z = 3")]
     assert protocol.session("S").runs == 3
+
+
+async def test_a_batch_of_several_frames_is_one_request_acking_every_frame() -> None:
+    """HTTP has no frame limit: a batch of three frames is one POST of the merged codes,
+    and each frame's seq is acknowledged once marimo answered."""
+    server = FakeMarimo()
+    protocol, link = await prepared(server)
+    await protocol.on_ready(link, Frame("reconnected", {}))  # type: ignore[arg-type]
+    frames = (
+        fsm.FlushFrame(5, {"a": "x = 5"}, False),
+        fsm.FlushFrame(6, {"b": "x + 6"}, False),
+        fsm.FlushFrame(7, {"c": "y = 7"}, True),
+    )
+    await protocol.flush(link, fsm.FlushBatch(frames))  # type: ignore[arg-type]
+    assert [(path, body["cellIds"]) for path, body, _ in server.posts] == [
+        ("/api/kernel/run", ["a", "b", "c"])
+    ]
+    assert link.acked == [5, 6, 7]
+
+
+async def test_an_older_code_is_never_sent_after_a_newer_one_was_acknowledged() -> None:
+    """A cell's code under a seq below the one marimo acknowledged for it is left out of a
+    request (the others go), so marimo never goes back to older code."""
+    server = FakeMarimo()
+    protocol, link = await prepared(server)
+    await protocol.on_ready(link, Frame("reconnected", {}))  # type: ignore[arg-type]
+    await protocol.send_edit(link, fsm.SendEdit(9, "a", "newest"))  # type: ignore[arg-type]
+    await protocol.flush(link, fsm.FlushBatch(4, {"a": "older", "b": "fine"}))  # type: ignore[arg-type]
+    assert server.posts[-1][1] == {"cellIds": ["b"], "codes": ["fine"]}
+    assert protocol.session("S").document == {"a": "newest", "b": "fine"}
+    assert link.acked == [9, 4]
+
+
+async def test_one_http_request_at_a_time_across_links() -> None:
+    """Two links of one adapter sending at once reach marimo one request after the other."""
+    active: list[int] = []
+    order: list[str] = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "GET":
+            return httpx.Response(
+                200, text='<marimo-server-token data-token="T" hidden>', json=None
+            ) if request.url.path == "/" else httpx.Response(200, json={"status": "healthy"})
+        active.append(1)
+        assert len(active) == 1, "two requests in flight at once"
+        await trio.sleep(0.01)
+        order.append(json.loads(request.content)["codes"][0])
+        active.pop()
+        return httpx.Response(200, json={"success": True})
+
+    protocol = MarimoProtocol(transport=httpx.MockTransport(handler))
+    links = [FakeLink(), FakeLink()]
+    for link in links:
+        await protocol.prepare(link)  # type: ignore[arg-type]
+        await protocol.on_ready(link, Frame("reconnected", {}))  # type: ignore[arg-type]
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            for i, link in enumerate(links):
+                edit = fsm.SendEdit(i + 1, f"c{i}", f"code {i}")
+                nursery.start_soon(protocol.send_edit, link, edit)
+    assert sorted(order) == ["code 0", "code 1"]
+    assert protocol.http_requests == protocol.http_requests_done == 2
 
 
 async def test_a_lost_instantiate_is_sent_again_then_run() -> None:
