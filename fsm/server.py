@@ -79,6 +79,7 @@ from trio_websocket import (
 )
 
 from fsm._frames import MAX_FRAME_SIZE, BadFrame, Frame, decode_frame, encode_frame
+from fsm._handshake import is_upgrade, is_valid_websocket
 from fsm._logging import get_logger
 
 __all__ = [
@@ -329,20 +330,11 @@ class _Request:
 
     @property
     def is_upgrade(self) -> bool:
-        connection = {t.strip().lower() for t in self.headers.get("connection", "").split(",")}
-        return "upgrade" in connection and self.headers.get("upgrade", "").lower() == "websocket"
+        return is_upgrade(self.headers)
 
     @property
     def is_valid_websocket(self) -> bool:
-        # What wsproto insists on; checked here because an upgrade wsproto refuses leaves
-        # trio-websocket's wrap_server_stream() waiting forever for a request.
-        return (
-            self.method == "GET"
-            and self.is_upgrade
-            and self.headers.get("sec-websocket-version") == "13"
-            and bool(self.headers.get("sec-websocket-key"))
-            and "host" in self.headers
-        )
+        return is_valid_websocket(self.method, self.headers)
 
 
 def _parse_head(head: bytes) -> _Request | None:

@@ -17,6 +17,8 @@ from typing import Any
 import h11
 import trio
 
+from fsm._handshake import is_upgrade, is_valid_websocket
+
 #: The largest request head read; a browser's is well under 8 KiB.
 MAX_HEAD = 16 * 1024
 
@@ -33,19 +35,11 @@ class Request:
 
     @property
     def is_upgrade(self) -> bool:
-        tokens = {t.strip().lower() for t in self.headers.get("connection", "").split(",")}
-        return "upgrade" in tokens and self.headers.get("upgrade", "").lower() == "websocket"
+        return is_upgrade(self.headers)
 
     @property
     def is_valid_websocket(self) -> bool:
-        # What wsproto insists on: an upgrade it refuses would leave trio-websocket's
-        # wrap_server_stream() waiting for a request that never comes.
-        return (
-            self.method == "GET"
-            and self.is_upgrade
-            and self.headers.get("sec-websocket-version") == "13"
-            and bool(self.headers.get("sec-websocket-key"))
-        )
+        return is_valid_websocket(self.method, self.headers)
 
     def first(self, name: str) -> str | None:
         """The first value of query parameter ``name``."""
