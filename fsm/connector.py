@@ -16,7 +16,8 @@ carries them out:
   the lifecycle abandoned it first. Unexpected exceptions are caught, logged and
   reported like any other loss, so CONNECTING is never left without an attempt.
 - ``Backoff`` starts a timer task that reports ``retry``.
-- ``Flush`` and requests go, in order, through the link's outbox to its sender task.
+- ``Flush`` (a batch of one or more frames; the adapter sends them) and requests go,
+  in order, through the link's outbox to its sender task.
   Edits never block: the buffer keeps them until acknowledged, and while OPEN one
   marker in the outbox has the sender take every edit not sent yet (``take_unsent``).
 - ``HangUp`` closes gracefully (the link's deadline becomes ``close_timeout``) or
@@ -449,8 +450,10 @@ class Connector:
             link.unsent_posted = link.post(_SEND_UNSENT)
 
     async def connect(self) -> None:
-        """Start (or restart from CLOSED) and return once OPEN.
+        """Start, retry now (while BACKING_OFF), or restart from CLOSED; return once OPEN.
 
+        While BACKING_OFF the back-off timer is cancelled and an attempt starts at once,
+        in a new cycle (a person pressing Connect). A no-op while DIALING or OPEN.
         Raises :class:`~fsm.ConnectionFailed` when the cycle ends in CLOSED instead
         (gave up, rejected, shut down or closed meanwhile).
         """
@@ -465,9 +468,12 @@ class Connector:
     async def request(self, op: str, data: Any = None) -> Any:
         """Send a request, starting a lazy connection and waiting for OPEN first.
 
-        Raises :class:`~fsm.NotConnected` while CLOSING or CLOSED (call
-        ``connect()``), or if the connection is lost before the request was sent,
-        and :class:`~fsm.ConnectionFailed` if the cycle it started gives up.
+        From CLOSED(GAVE_UP) or CLOSED(SHUTDOWN) it starts a new cycle (a program heals
+        on its next use); while BACKING_OFF it waits for the scheduled attempt without
+        resetting the attempt budget. Raises :class:`~fsm.NotConnected` while CLOSING and
+        in CLOSED(USER) or CLOSED(REJECTED) (saying why; call ``connect()``), or if the
+        connection is lost before the request was sent, and
+        :class:`~fsm.ConnectionFailed` if the cycle it waited for gives up.
         :class:`~fsm.RequestFailed` means the server refused this request itself.
         """
         if not isinstance(op, str) or not op:
@@ -1254,7 +1260,9 @@ async def open_connector(
     within ``heartbeat_timeout`` or the connection counts as dropped. A graceful
     close waits at most ``close_timeout``. ``rng`` draws back-off jitter;
     ``edit_limit`` bounds the edit buffer; ``message_buffer`` bounds unread
-    messages; ``logger`` is a structlog logger (``session_id`` is bound to it).
+    messages; ``logger`` is a structlog-style logger (``session_id`` is bound to
+    it; default: the library's logger ``fsm``, silent until the application configures
+    structlog or stdlib ``logging``).
     ``open_stream(host, port, secure)`` opens the byte stream each WebSocket runs
     over (default: TCP, TLS for ``wss``); tests pass in-memory streams, so that a
     whole fleet can run on ``trio.testing.MockClock`` with no real I/O.
