@@ -181,6 +181,43 @@ async def test_a_request_after_giving_up_starts_a_new_cycle() -> None:
                 assert frame.op == "cell-op" and frame.data["cell_id"] == "a"
 
 
+async def test_a_request_after_a_shutdown_starts_a_new_cycle() -> None:
+    """request() in CLOSED(SHUTDOWN) starts a new cycle, like after a give-up."""
+    with trio.fail_after(LIMIT):
+        async with serving(cells={"a": "1"}) as server, connector(server) as conn:
+            await conn.connect()
+            await server.close_all(1000, "SHUTDOWN")
+            await conn.wait_for(CLOSED)
+            assert conn.close_reason is CloseReason.SHUTDOWN
+            await conn.request("run", {"cell_id": "a"})
+            assert conn.state is OPEN
+            assert server.connections_opened == 2
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        ("30", 30.0),
+        (b" 7 ", 7.0),
+        ("0", 0.0),
+        ("Wed, 21 Oct 2015 07:28:00 GMT", 60.0),  # one minute after "now" below
+        ("Wed, 21 Oct 2015 07:26:00 GMT", 0.0),  # in the past: no wait
+        ("soon", None),
+        ("-5", None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_retry_after_values_are_read_as_seconds(
+    value: str | bytes | None, seconds: float | None
+) -> None:
+    """Retry-After is delta-seconds or an HTTP date; anything else is ignored."""
+    from fsm.protocols import retry_after_seconds
+
+    now = 1445412420.0  # Wed, 21 Oct 2015 07:27:00 GMT
+    assert retry_after_seconds(value, now=now) == seconds
+
+
 async def test_a_request_after_a_rejection_raises_not_connected_saying_why() -> None:
     """request() in CLOSED(REJECTED) raises NotConnected naming the rejection and connect()."""
     with trio.fail_after(LIMIT):
