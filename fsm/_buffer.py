@@ -164,11 +164,14 @@ class FlushBatch(Value):
 
 
 class _Entry:
-    __slots__ = ("code", "seq")
+    # room: the longest code this cell's edits can have and still fit the frame limit
+    # without being measured (see EditBuffer._set_frame_limit).
+    __slots__ = ("code", "room", "seq")
 
-    def __init__(self, code: str, seq: int | None) -> None:
+    def __init__(self, code: str, seq: int | None, room: int) -> None:
         self.code = code
         self.seq = seq
+        self.room = room
 
 
 def _encoded(text: str) -> int:
@@ -258,7 +261,12 @@ class EditBuffer:
         self.check_ready(0, max_frame_size)
         self._frame_limit = max_frame_size
         # Codes up to this many characters (with their cell id) fit without encoding.
-        self._fast_chars = (max_frame_size - _OVERHEAD) // _MAX_BYTES_PER_CHAR - 2
+        self._fast_chars = fast = (max_frame_size - _OVERHEAD) // _MAX_BYTES_PER_CHAR - 2
+        for cell_id, entry in self._entries.items():
+            entry.room = fast - len(cell_id)
+
+    def _entry(self, cell_id: str, code: str, seq: int | None) -> _Entry:
+        return _Entry(code, seq, self._fast_chars - len(cell_id))
 
     def ready(self, seq: int | None = 0, max_frame_size: int | None = None) -> None:
         """A ``kernel-ready`` said ``seq`` and ``max_frame_size`` (None: 1 MiB); call before
@@ -308,7 +316,7 @@ class EditBuffer:
         entry = self._entries.get(cell_id)
         if entry is None:
             self._undeliverable.pop(cell_id, None)  # a new edit replaces one none could carry
-            self._entries[cell_id] = _Entry(code, seq)
+            self._entries[cell_id] = self._entry(cell_id, code, seq)
         else:
             self._forget_in_flight(cell_id, entry.seq)
             entry.code = code
@@ -331,7 +339,7 @@ class EditBuffer:
             entry is not None
             and entry.seq is None
             and type(code) is str
-            and len(code) + len(cell_id) <= self._fast_chars
+            and len(code) <= entry.room
         ):
             entry.code = code  # the hot path: a cell edited again before it was sent
             return
@@ -341,10 +349,21 @@ class EditBuffer:
     def send(self, cell_id: str, code: str) -> int:
         """Record an edit sent at once (OPEN); return its sequence number."""
         entry = self._entries.get(cell_id) if type(cell_id) is str else None
-        if entry is None or type(code) is not str or len(code) + len(cell_id) > self._fast_chars:
+        if entry is None or type(code) is not str or len(code) > entry.room:
             self._check(cell_id, code)  # raises before a seq is taken
-        seq = self._new_seq()
-        self._record(cell_id, code, seq)
+            seq = self._new_seq()
+            self._record(cell_id, code, seq)
+            return seq
+        # The hot path: a cell edited again (its id was checked on its first edit).
+        seq = self._next_seq
+        self._next_seq = seq + 1
+        if entry.seq is not None:
+            cells = self._in_flight.get(entry.seq)
+            if cells is not None:
+                cells.pop(cell_id, None)  # the seq stays known: its ack is expected
+        entry.code = code
+        entry.seq = seq
+        self._in_flight[seq] = {cell_id: None}
         return seq
 
     def send_unsent(self) -> list[tuple[int, str, str]]:
@@ -371,7 +390,7 @@ class EditBuffer:
             if cell_id in self._undeliverable:
                 continue  # its latest code is newer than the acknowledged one
             entry = self._entries.pop(cell_id, None)
-            entries[cell_id] = entry if entry is not None else _Entry(code, None)
+            entries[cell_id] = entry if entry is not None else self._entry(cell_id, code, None)
         entries.update(self._entries)
         self._entries = entries
 
@@ -387,7 +406,7 @@ class EditBuffer:
             for cell_id, code in list(self._undeliverable.items()):
                 if self.edit_size(cell_id, code) <= limit:
                     del self._undeliverable[cell_id]
-                    entries[cell_id] = _Entry(code, None)
+                    entries[cell_id] = self._entry(cell_id, code, None)
         frames: list[FlushFrame] = []
         undeliverable: list[str] = []
         seq = self._new_seq()
