@@ -44,7 +44,7 @@ from fsm._errors import LifecycleError
 from fsm._frames import Frame
 from fsm._policy import RetryPolicy
 from fsm._types import CloseReason, ConnState, Phase, Transition
-from fsm.connector import Connector
+from fsm.connector import Connector, _not_running
 from fsm.connector import open_connector as _trio_open_connector
 
 __all__ = ["AioConnector", "open_connector"]
@@ -207,6 +207,9 @@ class AioConnector:
     # -- awaitables: each runs as a trio task in the guest run ----------------------------
 
     async def _call(self, fn: Callable[..., Awaitable[_T]], *args: Any) -> _T:
+        if not self.connector._running:
+            # After the block (its guest run may be gone): the trio connector's own error.
+            raise _not_running()
         run = self._run
         future: asyncio.Future[_T] = run.loop.create_future()
         scope = trio.CancelScope()

@@ -188,7 +188,7 @@ async def test_fsm_aio_under_trio_says_to_use_the_trio_connector() -> None:
 
 
 def test_edit_after_the_block_is_the_not_running_error() -> None:
-    """From asyncio too, edit() after the block raises the 'not running' error."""
+    """From asyncio too, edit() and connect() after the block raise the 'not running' error."""
     with server_thread() as server:
 
         async def app() -> Any:
@@ -199,3 +199,9 @@ def test_edit_after_the_block_is_the_not_running_error() -> None:
         conn = run_asyncio(app())
     with pytest.raises(fsm.LifecycleError, match="not running"):
         conn.edit("c1", "x = 1")
+
+    async def later() -> None:
+        with pytest.raises(fsm.LifecycleError, match="not running"):
+            await conn.connect()
+
+    run_asyncio(later())
