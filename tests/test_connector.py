@@ -181,6 +181,25 @@ async def test_a_request_after_giving_up_starts_a_new_cycle() -> None:
                 assert frame.op == "cell-op" and frame.data["cell_id"] == "a"
 
 
+async def test_an_edit_no_frame_can_carry_is_reported_and_blocks_nothing() -> None:
+    """An edit accepted under the default 1 MiB limit that a server announcing a smaller
+    max_frame_size cannot take is reported (edits_undeliverable) and kept out of the
+    flush; every other edit is delivered and the connection is not refused."""
+    with trio.fail_after(LIMIT), capture_logs() as logs:
+        async with serving(max_frame_size=4_096) as server, connector(server) as conn:
+            conn.edit("big", "x" * 10_000)  # fits the limit known now: 1 MiB
+            conn.edit("small", "y = 1")
+            await conn.connect()
+            await conn.wait_acked()
+            assert server.cells == {"small": "y = 1"}
+            assert conn.lifecycle.undeliverable == {"big": "x" * 10_000}
+            assert server.client_close_codes == []
+            with pytest.raises(fsm.EditTooLarge):
+                conn.edit("big", "x" * 5_000)  # the limit is known now
+    [event] = [e for e in logs if e["event"] == "edits_undeliverable"]
+    assert event["cells"] == ["big"] and event["max_frame_size"] == 4_096
+
+
 async def test_a_request_after_a_shutdown_starts_a_new_cycle() -> None:
     """request() in CLOSED(SHUTDOWN) starts a new cycle, like after a give-up."""
     with trio.fail_after(LIMIT):
