@@ -224,9 +224,7 @@ class AioConnector:
             finally:
                 # None: cancelled, by the asyncio caller or because the run is ending.
                 if result is None and not future.cancelled():
-                    result = outcome.Error(
-                        LifecycleError("the connector closed while this call was waiting")
-                    )
+                    result = outcome.Error(_not_running())
                 run.loop.call_soon(_resolve, future, result)
 
         run.spawn(task)

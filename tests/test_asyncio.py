@@ -205,3 +205,23 @@ def test_edit_after_the_block_is_the_not_running_error() -> None:
             await conn.connect()
 
     run_asyncio(later())
+
+
+def test_a_connect_pending_when_the_block_exits_gets_the_not_running_error() -> None:
+    """An asyncio task still awaiting connect() when the block exits gets the same
+    'not running' error as with trio."""
+    with server_thread() as server:
+        server.faults.refuse_handshakes = 10**9
+        policy = fsm.RetryPolicy(max_attempts=10**6, initial_delay=0.01, max_delay=0.02)
+
+        async def app() -> BaseException:
+            async with fsm.aio.open_connector(server.url, policy=policy) as conn:
+                pending = asyncio.ensure_future(conn.connect())
+                await conn.wait_for(fsm.ConnState.CONNECTING)
+            with pytest.raises(fsm.LifecycleError) as raised:
+                await pending
+            return raised.value
+
+        error = run_asyncio(app())
+        server.faults.refuse_handshakes = 0
+    assert type(error) is fsm.LifecycleError and "not running" in str(error)
