@@ -3,15 +3,17 @@
 Every configuration of :class:`fsm.ConnectionLifecycle` reachable from a fresh one is
 enumerated by breadth-first search. A configuration is the tuple (state, phase,
 attempts, close reason, reconnect-after-close flag, edit buffer status, whether the
-buffer holds acknowledged code, whether the rng draws bad values, whether the jitter
-draw of the attempt in progress is bad); the buffer status is ``empty``, ``pending``
+buffer holds acknowledged code, whether the jitter draw of the attempt in progress is
+bad); the buffer status is ``empty``, ``pending``
 (edits recorded while not OPEN, none in flight) or ``in-flight`` (sent, not yet
 acknowledged). The draw is only read while DIALING or OPEN (entering DIALING draws
 anew), so elsewhere it is not part of the configuration. The arguments of events are
 not part of a configuration either: ``drop`` comes with an uptime just under
 ``min_uptime`` and one exactly at it, ``ready`` with the seq of a server that kept its
 state, of one that lost it (0) and of one ahead of the client, ``fail`` with and without
-a ``Retry-After``.
+a ``Retry-After``, and ``connect`` and ``retry`` (which dial) with an rng whose draw is
+outside [0, 1) (``connect(bad draw)``: the rng returns 2.0 for that one event; an rng
+bad for good is a sequence of such inputs).
 
 All the lifecycles of one exploration share one python-statemachine engine (a
 lifecycle gives its engine its own configuration before every event, as the shared
@@ -97,10 +99,11 @@ EMPTY, PENDING, IN_FLIGHT = "empty", "pending", "in-flight"
 
 #: Every input of the core: the lifecycle events (``request`` both through its public fast
 #: path and through the engine), both uptime classes of ``drop``, ``ready`` from a server
-#: that kept its state, lost it or is ahead, ``fail`` with a Retry-After, an edit, one too
-#: large for any frame, an ack, and the rng starting or ceasing to draw bad values.
+#: that kept its state, lost it or is ahead, ``fail`` with a Retry-After, dials whose
+#: jitter draw is bad, an edit, one too large for any frame, and an ack.
 EVENTS = (
     "connect",
+    "connect(bad draw)",
     "request",
     "request(engine)",
     "ready",
@@ -110,6 +113,7 @@ EVENTS = (
     "fail(retry_after)",
     "defer",
     "retry",
+    "retry(bad draw)",
     "drop(uptime<min)",
     "drop(uptime>=min)",
     "reject",
@@ -119,12 +123,10 @@ EVENTS = (
     "edit",
     "edit(too large)",
     "ack",
-    "rng(bad)",
-    "rng(good)",
 )
 #: Inputs that never reach the engine (retry: only in BACKING_OFF; request: only outside
 #: CONNECTING and OPEN, checked separately).
-NOT_ENGINE = ("edit", "edit(too large)", "ack", "rng(bad)", "rng(good)")
+NOT_ENGINE = ("edit", "edit(too large)", "ack")
 
 INTERACTIVE = {ConnState.NOT_STARTED, ConnState.OPEN}
 
@@ -161,7 +163,6 @@ class Config:
     reconnect_after_close: bool
     buffer: str
     acked: bool = False
-    rng_bad: bool = False
     draw_bad: bool = False
 
     def __str__(self) -> str:
@@ -169,7 +170,6 @@ class Config:
         reason = f"({self.close_reason.value})" if self.close_reason else ""
         flag = " +reconnect" if self.reconnect_after_close else ""
         flag += " +acked" if self.acked else ""
-        flag += " +rng-bad" if self.rng_bad else ""
         flag += " +draw-bad" if self.draw_bad else ""
         return f"{where}{reason} attempts={self.attempts} buffer={self.buffer}{flag}"
 
@@ -193,7 +193,6 @@ def config_of(lc: ConnectionLifecycle) -> Config:
         lc._reconnect_after_close,
         buffer_status(lc),
         bool(lc.buffer.acknowledged),
-        isinstance(lc._rng, BadRandom),
         draw_read and lc._draw_problem is not None,
     )
 
@@ -252,12 +251,12 @@ def apply(lc: ConnectionLifecycle, event: str, n: int) -> Outcome:
         if event == "edit(too large)":
             lc.edit(CELL, "x" * lc.max_frame_size)
             raise AssertionError("an edit larger than any frame was accepted")
-        if event == "rng(bad)":
-            lc._rng = BadRandom()  # type: ignore[assignment]
-            return Outcome()
-        if event == "rng(good)":
-            lc._rng = random.Random(n)
-            return Outcome()
+        if event.endswith("(bad draw)"):
+            rng, lc._rng = lc._rng, BadRandom()  # type: ignore[assignment]
+            try:
+                return apply(lc, event.removesuffix("(bad draw)"), n)
+            finally:
+                lc._rng = rng
         if event == "ready":
             # A server that kept its state has received every seq this client sent.
             return Outcome(lc.ready(seq=lc.buffer.last_seq, max_frame_size=FRAME_LIMIT))
@@ -781,7 +780,7 @@ def check_taken(
     if (
         event in NOT_ENGINE
         or (event == "request" and before.state in (ConnState.CONNECTING, ConnState.OPEN))
-        or (event == "retry" and before.phase is not Phase.BACKING_OFF)
+        or (name == "retry" and before.phase is not Phase.BACKING_OFF)
     ):
         assert taken == [], f"{event} in {before} went through the engine"
         return
@@ -851,16 +850,12 @@ def test_the_reachable_configurations_are_exactly_the_expected_ones(max_attempts
     """The reachable set is exactly what the design allows, so no configuration hides or leaks."""
     n = max_attempts
     expected: set[Config] = set()
-    flags = [(rng_bad, acked) for rng_bad in (False, True) for acked in (False, True)]
     for buffer in (EMPTY, PENDING):
-        for rng_bad in (False, True):
-            # Nothing was ever acknowledged before the first connection.
-            expected.add(
-                Config(ConnState.NOT_STARTED, None, 0, None, False, buffer, False, rng_bad)
-            )
-        for rng_bad, acked in flags:
+        # Nothing was ever acknowledged before the first connection.
+        expected.add(Config(ConnState.NOT_STARTED, None, 0, None, False, buffer, False))
+        for acked in (False, True):
             def add(*fields: Any, draw_bad: bool = False) -> None:
-                expected.add(Config(*fields, buffer, acked, rng_bad, draw_bad))  # noqa: B023
+                expected.add(Config(*fields, buffer, acked, draw_bad))  # noqa: B023
 
             for a in range(n):
                 for draw_bad in (False, True):
@@ -874,11 +869,11 @@ def test_the_reachable_configurations_are_exactly_the_expected_ones(max_attempts
                     add(ConnState.CLOSED, None, a, reason, False)
             add(ConnState.CLOSED, None, n, CloseReason.GAVE_UP, False)
     for buffer in (EMPTY, IN_FLIGHT):
-        for rng_bad, acked in flags:
+        for acked in (False, True):
             for a in range(n):
                 for draw_bad in (False, True):
                     fields = (ConnState.OPEN, None, a, None, False, buffer)
-                    expected.add(Config(*fields, acked, rng_bad, draw_bad))
+                    expected.add(Config(*fields, acked, draw_bad))
     reached = set(explore(max_attempts).paths)
     assert sorted(reached - expected, key=str) == []
     assert sorted(expected - reached, key=str) == []
@@ -929,7 +924,7 @@ def test_an_event_is_accepted_exactly_where_the_machine_declares_it(max_attempts
     outcomes += [(config, event, False) for config, event in graph.refused]
     seen = set()
     for config, event, accepted in outcomes:
-        if event in NOT_ENGINE or event in ("request", "retry"):
+        if event in NOT_ENGINE or event == "request" or event.startswith("retry"):
             continue  # not engine events (request, retry: public fast paths, checked apart)
         base = event.removesuffix("(engine)").split("(")[0]
         declared = bool(ENGINE_IDS[(config.state, config.phase)] & sources[base])
@@ -939,7 +934,9 @@ def test_an_event_is_accepted_exactly_where_the_machine_declares_it(max_attempts
             declared = config.close_reason in (CloseReason.GAVE_UP, CloseReason.SHUTDOWN)
         assert accepted is declared, f"{event} in {config}: accepted={accepted}"
         seen.add((config, event))
-    engine_events = [e for e in EVENTS if e not in NOT_ENGINE and e not in ("request", "retry")]
+    engine_events = [
+        e for e in EVENTS if e not in NOT_ENGINE and e != "request" and not e.startswith("retry")
+    ]
     assert len(seen) == graph.configurations * len(engine_events)
 
 
@@ -981,7 +978,7 @@ def test_nothing_is_dialed_before_the_first_connect_or_request() -> None:
             outcome = apply(lc, event, n)
             dials = [e for e in outcome.effects if isinstance(e, Dial | Backoff)]
             if not started and dials:
-                assert event in ("connect", "request", "request(engine)"), (config, path)
+                assert event.split("(")[0] in ("connect", "request"), (config, path)
             if not started and lc.is_not_started:
                 # Edits alone never even build the engine.
                 assert lc._machine is None, (config, path)
