@@ -388,12 +388,19 @@ def test_closing_a_gated_dial_frees_its_slot_at_once() -> None:
             "ws://kernel.invalid/ws", open_stream=black_hole, dial_gate=gate,
             heartbeat_interval=None, rng=random.Random(0),
         ) as conn, trio.open_nursery() as nursery:
-            nursery.start_soon(conn.connect)
+
+            async def connect() -> None:
+                # Whether a connect() waiting across aclose() fails or waits for the
+                # next cycle is not what this test is about.
+                with contextlib.suppress(fsm.ConnectionFailed):
+                    await conn.connect()
+
+            nursery.start_soon(connect)
             await trio.testing.wait_all_tasks_blocked()
             assert gate.in_flight == 1 and conn.phase is fsm.Phase.DIALING
             await conn.aclose()
             assert gate.in_flight == 0
-            nursery.start_soon(conn.connect)
+            nursery.start_soon(connect)
             await trio.testing.wait_all_tasks_blocked()
             assert len(hung) == 2 and gate.in_flight == 1
             nursery.cancel_scope.cancel()
