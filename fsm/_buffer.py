@@ -278,6 +278,7 @@ class EditBuffer:
         self.check_ready(seq, max_frame_size)
         self._set_frame_limit(MAX_FRAME_SIZE if max_frame_size is None else max_frame_size)
         if seq is None:
+            self._resend_all = False
             return
         if seq >= self._next_seq:
             self._next_seq = seq + 1

@@ -151,7 +151,11 @@ class Backoff(Value):
 
 
 class Flush(Value):
-    """Send every edit not yet acknowledged, as one batch (on entering OPEN)."""
+    """Send every edit not yet acknowledged, as one batch (on entering OPEN, exactly once).
+
+    Send ``batch.frames`` in order, one ``instantiate`` frame each; see
+    :class:`~fsm.FlushBatch`.
+    """
 
     __match_args__ = ("batch",)
     __slots__ = __match_args__
