@@ -31,6 +31,7 @@ from fsm import (
     RetryPolicy,
     SendEdit,
 )
+from fsm._frames import encode_frame
 from fsm._machine import _LifecycleMachine
 from fsm.lifecycle import EVENTS
 
@@ -1329,3 +1330,38 @@ def test_a_good_draw_is_used_by_the_wait_after_its_attempt() -> None:
     assert lc.fail() == [Backoff(1, lc.policy.jittered(1, 0.25))]
     lc.retry()
     assert lc.fail() == [Backoff(2, lc.policy.jittered(2, 0.75))]
+
+
+# -- issue 11's reproductions, at the core --------------------------------------------------------
+
+
+def test_offline_edits_that_together_exceed_the_limit_all_go_out_under_it() -> None:
+    """1,200 offline cells of 1 KB (1.2 MB together) flush as frames of at most 1 MiB each."""
+    lc = make()
+    codes = {f"cell-{n:04}": f"# {n}\n" + "x" * 1_000 for n in range(1_200)}
+    for cell, code in codes.items():
+        lc.edit(cell, code)
+    lc.connect()
+    (flush,) = lc.ready(seq=0)
+    assert isinstance(flush, Flush)
+    frames = flush.batch.frames
+    assert len(frames) == 2
+    for frame in frames:
+        data = {"seq": frame.seq, "codes": frame.codes, "auto_run": frame.auto_run}
+        assert len(encode_frame("instantiate", data).encode()) <= lc.max_frame_size
+    assert flush.batch.codes == codes
+    for frame in frames:
+        assert lc.ack(frame.seq)
+    assert lc.pending_edits == {}
+
+
+def test_one_cell_too_large_is_refused_and_blocks_nothing() -> None:
+    """A 2 MiB cell is refused at edit(); the small cells edited with it flush as usual."""
+    lc = make()
+    lc.edit("small", "x = 1")
+    with pytest.raises(fsm.EditTooLarge, match="'big'"):
+        lc.edit("big", "y" * (2 << 20))
+    lc.connect()
+    (flush,) = lc.ready(seq=0)
+    assert isinstance(flush, Flush)
+    assert flush.batch.codes == {"small": "x = 1"}
