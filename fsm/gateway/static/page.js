@@ -255,6 +255,7 @@
     REJECTED: "the kernel server refused this session: press Connect to ask again",
     SHUTDOWN: "the kernel server shut down: press Connect or Run again",
     USER: "the connection to the kernel was closed: press Connect, then Run again",
+    ERROR: "the connection to the kernel stopped on a fault in the gateway: press Connect",
     busy: "too many requests are waiting for the kernel: wait for an answer, then Run again",
     not_connected: "the connection to the kernel was lost before this was sent: Run again",
     refused: "the kernel refused this request",
@@ -552,6 +553,7 @@
           case "REJECTED": return "the kernel server refused this session: press Connect to ask again";
           case "SHUTDOWN": return "the kernel server shut down: press Connect or Run to start again";
           case "USER": return "closed: press Connect to start again";
+          case "ERROR": return "stopped on a fault in the gateway (its log says which): press Connect";
           default: return `closed${u.reason ? ` (${u.reason})` : ""}: press Connect`;
         }
       default:
