@@ -28,9 +28,10 @@ async def _lines(stream: trio.abc.ReceiveStream, count: int) -> tuple[list[str],
     return [line.decode() for line in lines], rest
 
 
-async def test_sigterm_closes_clients_then_upstreams_and_exits_0() -> None:
-    """The command prints its client and page URLs (no token), serves, and on SIGTERM
-    closes its client with 1001 and its upstream politely, then exits 0 within 10 s."""
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+async def test_a_signal_closes_clients_then_upstreams_and_exits_0(signum: int) -> None:
+    """The command prints its client and page URLs (no token), serves, and on SIGTERM or
+    SIGINT closes its client with 1001 and its upstream politely, then exits 0 within 10 s."""
     token = "cli-token-777"
     async with serving() as server:
         argv = [sys.executable, "-m", "fsm", "gateway", "--upstream", server.url,
@@ -54,7 +55,7 @@ async def test_sigterm_closes_clients_then_upstreams_and_exits_0() -> None:
                     await raw.send("run", {"cell_id": "a"})
                     await raw.until("upstream", lambda d: d["state"] == "OPEN")
                     assert server.open_connections == 1
-                    proc.send_signal(signal.SIGTERM)
+                    proc.send_signal(signum)
                     began = trio.current_time()
                     reason = await raw.closed()
                     assert reason.code == 1001
