@@ -150,7 +150,9 @@ class Model:
             return to(CN, BACKING_OFF, effects=(Backoff,))  # no failure, no wait counted
         if event == "retry":
             # From a timer that was cancelled but fired anyway, a no-op.
-            return to(CN, DIALING, effects=(Dial,)) if p is BACKING_OFF else to(s, p, reason=r)
+            if p is BACKING_OFF:
+                return to(CN, DIALING, effects=(Dial,))
+            return to(s, p, reason=r, reconnect=rec)
         if event == "drop" and s is OP:
             if self.draw_bad:
                 return to(CD, reason=stop)
