@@ -149,7 +149,7 @@ def _bind_error(exc: BaseException) -> OSError | None:
 
 def run_trio(func: Callable[..., Any], *args: Any) -> Any:
     """``trio.run(func, *args)``; a failure to bind becomes :class:`CommandFailed` (one
-    line), Ctrl-C a quiet return of None."""
+    line), Ctrl-C (also from inside a nursery, wrapped in a group) a quiet return of None."""
     import trio
 
     try:
@@ -157,6 +157,11 @@ def run_trio(func: Callable[..., Any], *args: Any) -> Any:
     except KeyboardInterrupt:
         return None
     except (OSError, BaseExceptionGroup) as exc:
+        if isinstance(exc, BaseExceptionGroup):
+            # Ctrl-C inside a nursery arrives wrapped in a group: still just Ctrl-C.
+            _, rest = exc.split((KeyboardInterrupt, trio.Cancelled))
+            if rest is None:
+                return None
         bind = _bind_error(exc)
         if bind is None:
             raise

@@ -12,9 +12,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import trio
 
 import fsm
-from fsm._cli import SUBCOMMANDS, build_parser, main
+from fsm._cli import SUBCOMMANDS, build_parser, main, run_trio
 
 ROOT = Path(__file__).resolve().parent.parent
 HAS_MARIMO = all(importlib.util.find_spec(m) for m in ("marimo", "httpx"))
@@ -119,6 +120,20 @@ def test_a_busy_port_is_a_one_line_error() -> None:
         "(another server on that port?) [Address already in use]"
     ]
     assert result.stdout == ""
+
+
+def test_ctrl_c_inside_a_nursery_is_a_quiet_exit() -> None:
+    """A KeyboardInterrupt that trio wraps in an exception group (raised in a task) ends
+    the command quietly, as a bare one does."""
+
+    async def interrupted() -> None:
+        async def task() -> None:
+            raise KeyboardInterrupt
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(task)
+
+    assert run_trio(interrupted) is None
 
 
 def test_a_host_that_does_not_resolve_is_a_one_line_error() -> None:
