@@ -248,13 +248,18 @@ class _Feed(Generic[_T]):
     async def receive(self) -> _T:
         """The next item, waiting for it; ``trio.EndOfChannel`` once the stream has ended."""
         await trio.lowlevel.checkpoint_if_cancelled()
-        while not self._buffer:
-            if self._closed:
-                raise trio.EndOfChannel
-            if self._wakeup is None:
-                self._wakeup = trio.Event()
-            await self._wakeup.wait()
-        return self._buffer.popleft()
+        if not self._buffer:
+            while not self._buffer:
+                if self._closed:
+                    raise trio.EndOfChannel
+                if self._wakeup is None:
+                    self._wakeup = trio.Event()
+                await self._wakeup.wait()
+            return self._buffer.popleft()
+        item = self._buffer.popleft()
+        # A schedule point that cannot lose the item, as trio's memory channels do.
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        return item
 
     def __aiter__(self) -> _Feed[_T]:
         return self
