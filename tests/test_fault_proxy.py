@@ -464,3 +464,112 @@ async def test_a_server_that_lost_its_state_gets_the_whole_document() -> None:
                 await conn.wait_acked()
                 assert server.cells == {"a": "a1", "b": "b1", "c": "c1"}
             nursery.cancel_scope.cancel()
+
+
+# --------------------------------------------------------------------------- the proxy itself
+
+
+class Sink:
+    """A TCP server that records, per connection, the bytes received and how it ended."""
+
+    def __init__(self) -> None:
+        self.received: list[bytearray] = []
+        self.endings: list[str] = []  # "eof" or "reset", per connection
+        self.port = 0
+        self.changed = trio.Event()
+
+    async def serve(self, *, task_status: trio.TaskStatus[Sink] = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.port = listeners[0].socket.getsockname()[1]
+        task_status.started(self)
+        await trio.serve_listeners(self._handle, listeners)
+
+    def _wake(self) -> None:
+        self.changed.set()
+        self.changed = trio.Event()
+
+    async def _handle(self, stream: trio.SocketStream) -> None:
+        data = bytearray()
+        self.received.append(data)
+        self._wake()
+        try:
+            while chunk := await stream.receive_some(65536):
+                data += chunk
+                self._wake()
+            self.endings.append("eof")
+        except trio.BrokenResourceError:
+            self.endings.append("reset")
+        self._wake()
+
+    async def until(self, predicate: Any) -> None:
+        while not predicate(self):
+            await self.changed.wait()
+
+
+async def _through_proxy(fault: ConnFault, payload: bytes) -> tuple[Sink, FaultProxy, bytes]:
+    """Send ``payload`` through a proxy applying ``fault``; returns what the client read."""
+    sink = Sink()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sink.serve)
+        proxy = FaultProxy(sink.port, [fault])
+        await nursery.start(proxy.serve)
+        client = await trio.open_tcp_stream("127.0.0.1", proxy.port)
+        read = b""
+        async with client:
+            await client.send_all(payload)
+            if fault.kind in ("cut_fin", "cut_rst"):
+                with contextlib.suppress(trio.BrokenResourceError):
+                    read = bytes(await client.receive_some(100))  # the proxy hung up
+            elif fault.kind == "stall":
+                await sink.until(lambda s: s.received and len(s.received[0]) >= fault.after)
+                assert bytes(sink.received[0]) == payload[: fault.after]
+                await proxy.release_all()
+                await sink.until(lambda s: len(s.received[0]) == len(payload))
+            elif fault.kind != "blackhole":
+                await sink.until(lambda s: s.received and len(s.received[0]) == len(payload))
+        if fault.kind != "blackhole":
+            await sink.until(lambda s: s.endings)
+        nursery.cancel_scope.cancel()
+    return sink, proxy, read
+
+
+@pytest.mark.parametrize("kind", ["cut_fin", "cut_rst"])
+async def test_a_cut_forwards_exactly_its_offset_then_hangs_up(kind: str) -> None:
+    """A cut forwards exactly ``after`` bytes, then ends both sides: with a FIN (the server
+    sees EOF) or with a reset (the server sees the connection reset)."""
+    with trio.fail_after(10):
+        sink, proxy, read = await _through_proxy(ConnFault(kind, 37), bytes(range(200)))  # type: ignore[arg-type]
+    assert bytes(sink.received[0]) == bytes(range(37))
+    assert sink.endings == ["eof" if kind == "cut_fin" else "reset"]
+    assert read == b"" and proxy.injected == {kind: 1}
+
+
+async def test_a_stall_holds_the_bytes_and_delivers_them_late_in_order() -> None:
+    """A stall forwards ``after`` bytes, holds the rest, and delivers them, in order, only
+    when released."""
+    payload = bytes(range(256)) * 4
+    with trio.fail_after(10):
+        sink, proxy, _ = await _through_proxy(ConnFault("stall", 100, "c2s", None), payload)
+    assert bytes(sink.received[0]) == payload
+    assert proxy.late_bytes == len(payload) - 100
+    assert proxy.injected == {"stall": 1}
+
+
+@pytest.mark.parametrize(
+    "fault", [ConnFault("trickle", 50), ConnFault("delay", 0, "c2s", 0.05), ConnFault()]
+)
+async def test_trickled_delayed_and_passed_bytes_arrive_intact(fault: ConnFault) -> None:
+    """Trickled, delayed and untouched connections deliver every byte, in order."""
+    payload = b"0123456789" * 30
+    with trio.fail_after(10):
+        sink, proxy, _ = await _through_proxy(fault, payload)
+    assert bytes(sink.received[0]) == payload
+    assert proxy.injected == ({fault.kind: 1} if fault.kind != "pass" else {})
+
+
+async def test_a_blackhole_accepts_and_never_connects_upstream() -> None:
+    """A black hole takes the client's bytes and never opens a connection to the server."""
+    with trio.fail_after(10):
+        sink, proxy, _ = await _through_proxy(ConnFault("blackhole"), b"GET / HTTP/1.1\r\n\r\n")
+    assert sink.received == []
+    assert proxy.injected == {"blackhole": 1}
