@@ -3,20 +3,23 @@
 A lifecycle normally builds no engine: its events go to the one engine of
 ``_LifecycleMachine`` shared by every lifecycle, through the cache of that engine's
 decisions (``fsm._engine``). A lifecycle whose ``machine`` was asked for drives its own
-engine instead: plain python-statemachine, no cache. The exhaustive check below takes
-every configuration the model check reaches (``tests/test_model_check.py``, both of its
-policies) and every input of the model check, and applies the input three times to the
-same state: through the fast path twice (the first may be a miss, which the shared
-engine decides and the cache records; the second is then a hit) and through a plain
-per-instance engine. All three must agree on everything a caller or the driver can
-see: the effects returned, in order; the error raised (type, message, allowed events);
-the observer records; and the whole state of the lifecycle afterwards, down to its
-edit buffer and its rng (so the same draws were made). A hypothesis test does the same
+engine instead: plain python-statemachine, no cache; the model check's lifecycles do.
+
+The exhaustive check runs the model check's own exploration (``tests/test_model_check.py``,
+both of its policies, with all of its checks) and, at every input it applies to one of
+its lifecycles, applies the same input to a fast-path twin loaded with that lifecycle's
+exact state. Every (reachable configuration, input) pair is thus compared, on the
+engine's own reachable states, for everything a caller or the driver can see: the
+effects returned, in order; the error raised (type, message, allowed events); the
+observer records; and the whole state of the lifecycle afterwards, down to its edit
+buffer and its rng (so the same draws were made). A decision the twin's cache missed
+is applied once more and must then hit, and agree. A hypothesis test does the same
 along random event sequences, and two tests use lifecycles from two threads at once.
 """
 
 from __future__ import annotations
 
+import io
 import pickle
 import random
 import sys
@@ -25,9 +28,19 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import test_model_check
 from hypothesis import given
 from hypothesis import strategies as st
-from test_model_check import EVENTS, MAX_ATTEMPTS, Config, apply, config_of, explore
+from test_model_check import (
+    EVENTS,
+    FORK_BY,
+    MAX_ATTEMPTS,
+    Config,
+    Explorer,
+    Outcome,
+    apply,
+    config_of,
+)
 
 import fsm.lifecycle
 from fsm import ConnectionLifecycle, InvalidTransition, Phase, RetryPolicy, Transition
@@ -73,14 +86,26 @@ def plain(value: Any) -> Any:
     return (type(value).__name__, {k: plain(v) for k, v in sorted(fields.items())})
 
 
-def state_of(lc: ConnectionLifecycle) -> Any:
+def dumps(value: Any) -> bytes:
+    """Pickle without the memo: equal content, equal bytes, whatever objects are shared."""
+    out = io.BytesIO()
+    pickler = pickle.Pickler(out, pickle.HIGHEST_PROTOCOL)
+    pickler.fast = True
+    pickler.dump(value)
+    return out.getvalue()
+
+
+def state_of(lc: ConnectionLifecycle) -> bytes:
     """Everything the lifecycle holds, but its engine and observers, as comparable bytes.
 
     Both sides start from the same bytes and run the same callbacks, so equal states
-    pickle to equal bytes; :func:`plain` shows the difference when they do not.
+    pickle to equal bytes; :func:`plain` shows the difference when they do not. A
+    ``random.Random`` is kept as its state (what it will draw next).
     """
-    fields = {k: v for k, v in vars(lc).items() if k not in _NOT_STATE and k != "_rng"}
-    return pickle.dumps((fields, lc._rng.getstate()))
+    fields = {k: v for k, v in vars(lc).items() if k not in _NOT_STATE}
+    rng = fields.pop("_rng")
+    drawn = ("random", rng.getstate()) if isinstance(rng, random.Random) else ("object", rng)
+    return dumps((fields, drawn))
 
 
 def dump(lc: ConnectionLifecycle) -> bytes:
@@ -92,100 +117,122 @@ def load(lc: ConnectionLifecycle, blob: bytes, records: list[Transition]) -> Con
     rng = lc._rng
     for name in [k for k in vars(lc) if k not in _NOT_STATE]:
         delattr(lc, name)
-    fields, rng_state = pickle.loads(blob)
+    fields, (kind, drawn) = pickle.loads(blob)
     vars(lc).update(fields)
-    rng.setstate(rng_state)
-    lc._rng = rng
+    if kind == "random":
+        if not isinstance(rng, random.Random):
+            rng = random.Random()
+        rng.setstate(drawn)
+        lc._rng = rng
+    else:
+        lc._rng = drawn
     lc.observers = [records.append]
     return lc
 
 
-def outcome_of(lc: ConnectionLifecycle, event: str, n: int) -> Any:
-    """What applying ``event`` did: effects or error (with its message and fields)."""
-    outcome = apply(lc, event, n)
+def described(outcome: Outcome, records: list[Transition]) -> bytes:
+    """What an input did (effects, or the error with its message and fields) and the
+    observer records, as comparable bytes (:func:`plain` shows a difference)."""
     error = outcome.error
-    if error is None:
-        return ("ok", plain(outcome.effects))
     fields: tuple[Any, ...] = ()
     if isinstance(error, InvalidTransition):
         fields = (error.event, error.state, error.allowed)
-    return ("error", type(error).__name__, str(error), plain(fields))
+    if error is None:
+        what: tuple[Any, ...] = ("ok", outcome.effects)
+    else:
+        what = ("error", type(error).__name__, str(error), fields)
+    return dumps((what, records))
 
 
-class Trial:
-    """Two fast-path lifecycles and one with its own engine, reloaded for every input."""
-
-    def __init__(self, policy: RetryPolicy) -> None:
-        def new() -> ConnectionLifecycle:
-            return ConnectionLifecycle(policy, random.Random(0), log_transitions=False)
-
-        self.fast = [new(), new()]
-        self.reference = new()
-        assert self.reference.machine is not None  # builds its own engine: plain path
-        assert all(lc._machine is None for lc in self.fast)
-
-    def compare(self, cache: DecisionCache, blob: bytes, event: str, n: int) -> None:
-        results = []
-        for i, lc in enumerate([*self.fast, self.reference]):
-            records: list[Transition] = []
-            load(lc, blob, records)
-            misses = cache.misses
-            outcome = outcome_of(lc, event, n)
-            if i == 1:
-                assert cache.misses == misses, f"{event}: the same decision missed twice"
-            results.append((outcome, plain(records), state_of(lc)))
-        where = f"{config_of(self.reference)} after {event}"
-        fast_first, fast_again, reference = results
-        for name, result in (("fast path", fast_first), ("fast path (cached)", fast_again)):
-            for part, mine, theirs in zip(("outcome", "records", "state"), result, reference,
-                                          strict=True):
-                if part == "state" and mine != theirs:
-                    mine, theirs = plain(pickle.loads(mine)), plain(pickle.loads(theirs))
-                assert mine == theirs, f"{where}: {name} {part} differs from the engine's"
-        assert self.reference._machine is not None
-        assert all(lc._machine is None for lc in self.fast)
+def outcome_of(lc: ConnectionLifecycle, event: str, n: int) -> bytes:
+    records: list[Transition] = []
+    observers, lc.observers = lc.observers, [records.append]
+    try:
+        return described(apply(lc, event, n), records)
+    finally:
+        lc.observers = observers
 
 
-def states_by_config(max_attempts: int) -> tuple[RetryPolicy, dict[Config, bytes]]:
-    """The state of a lifecycle in each reachable configuration, reached by its path."""
-    graph = explore(max_attempts)
-    by_path = {path: config for config, path in graph.paths.items()}
-    lc = ConnectionLifecycle(graph.policy, random.Random(0), log_transitions=False)
-    blobs: dict[Config, bytes] = {config_of(lc): dump(lc)}
-    assert set(blobs) == {by_path[()]}
-    for path, config in sorted(by_path.items(), key=lambda item: len(item[0])):
-        if not path:
-            continue
-        load(lc, blobs[by_path[path[:-1]]], [])
-        outcome = apply(lc, path[-1], len(path) - 1)
-        assert outcome.error is None and config_of(lc) == config, (path, config_of(lc))
-        blobs[config] = dump(lc)
-    return graph.policy, blobs
+class Twin:
+    """Stands in for the model check's ``apply``: the same input on a fast-path twin too."""
+
+    def __init__(self, cache: DecisionCache) -> None:
+        self.cache = cache
+        self.fast: ConnectionLifecycle | None = None
+        self.pairs: set[tuple[Config, str]] = set()
+        self.compared = 0
+        self.replayed_misses = 0
+        self.inside = False
+
+    def apply(self, lc: ConnectionLifecycle, event: str, n: int) -> Outcome:
+        if self.inside:
+            return apply(lc, event, n)  # an input the model check composes of others
+        self.inside = True
+        try:
+            return self._compare(lc, event, n)
+        finally:
+            self.inside = False
+
+    def _compare(self, lc: ConnectionLifecycle, event: str, n: int) -> Outcome:
+        assert lc._machine is not None, "the model check's lifecycles have their own engine"
+        before = state_of(lc)
+        config = config_of(lc)
+        fast = self.fast
+        if fast is None or fast.policy is not lc.policy:
+            fast = self.fast = ConnectionLifecycle(lc.policy, log_transitions=False)
+        load(fast, before, [])
+        misses = self.cache.misses
+        fast_after = (outcome_of(fast, event, n), state_of(fast))
+        if self.cache.misses != misses:
+            # The shared engine decided this one: its recorded decision must replay alike.
+            load(fast, before, [])
+            misses = self.cache.misses
+            replayed = (outcome_of(fast, event, n), state_of(fast))
+            assert self.cache.misses == misses, f"{config} {event}: missed twice"
+            assert replayed == fast_after, f"{config} {event}: the replay differs"
+            self.replayed_misses += 1
+        assert fast._machine is None
+        theirs: list[Transition] = []
+        observers, lc.observers = lc.observers, [theirs.append]
+        try:
+            outcome = apply(lc, event, n)
+        finally:
+            lc.observers = observers
+        reference = (described(outcome, theirs), state_of(lc))
+        where = f"{config} --{event}-->"
+        for part, mine, expected in zip(("outcome and records", "state"), fast_after, reference,
+                                        strict=True):
+            if mine != expected:
+                assert plain(pickle.loads(mine)) == plain(pickle.loads(expected)), (
+                    f"{where} the fast path's {part} differs from the engine's"
+                )
+        self.compared += 1
+        self.pairs.add((config, event))
+        return outcome
 
 
 @pytest.mark.parametrize("max_attempts", MAX_ATTEMPTS)
 def test_the_fast_path_agrees_with_a_per_instance_engine_everywhere(
-    cache: DecisionCache, max_attempts: int
+    cache: DecisionCache, monkeypatch: pytest.MonkeyPatch, max_attempts: int
 ) -> None:
     """In every reachable configuration, every input does exactly what a plain engine does."""
-    policy, blobs = states_by_config(max_attempts)
-    trial = Trial(policy)
-    compared = 0
-    for _, blob in sorted(blobs.items()):
-        for event in EVENTS:
-            trial.compare(cache, blob, event, 10**6 + compared)
-            compared += 1
+    twin = Twin(cache)
+    monkeypatch.setattr(test_model_check, "apply", twin.apply)
+    graph = Explorer(RetryPolicy(max_attempts=max_attempts), FORK_BY[max_attempts]).run()
+    pairs = {(edge.source, edge.event) for edge in graph.edges} | set(graph.refused)
     print(
-        f"\nengine equivalence, max_attempts={max_attempts}: {len(blobs)} configurations x "
-        f"{len(EVENTS)} inputs = {compared} compared; decision cache: {cache.misses} misses, "
-        f"{cache.hits} hits, {len(cache.roots)} keys"
+        f"\nengine equivalence, max_attempts={max_attempts}: {graph.configurations} "
+        f"configurations x {len(EVENTS)} inputs = {len(pairs)} pairs compared "
+        f"({twin.compared} inputs in all, path replays included); decision cache: "
+        f"{cache.misses} misses (each replayed at once), {cache.hits} hits, "
+        f"{len(cache.roots)} keys"
     )
-    assert compared == len(blobs) * len(EVENTS) == explore(max_attempts).configurations * len(
-        EVENTS
-    )
+    assert len(pairs) == graph.configurations * len(EVENTS)
+    assert pairs <= twin.pairs
+    assert twin.replayed_misses == cache.misses > 0
     # Every decision of this machine can be cached: nothing falls back to the engine.
     assert cache.uncacheable == set()
-    assert cache.hits > cache.misses > 0
+    assert cache.hits > 10 * cache.misses
 
 
 @given(
@@ -201,16 +248,13 @@ def test_random_event_sequences_agree_with_a_per_instance_engine(
     fast = ConnectionLifecycle(policy, random.Random(seed), log_transitions=False)
     reference = ConnectionLifecycle(policy, random.Random(seed), log_transitions=False)
     reference.machine  # noqa: B018 - builds its own engine
-    fast_records: list[Transition] = []
-    reference_records: list[Transition] = []
-    fast.observers.append(fast_records.append)
-    reference.observers.append(reference_records.append)
     for n, event in enumerate(events):
-        assert outcome_of(fast, event, n) == outcome_of(reference, event, n), (n, event)
-        mine, theirs = state_of(fast), state_of(reference)
-        if mine != theirs:
-            assert plain(pickle.loads(mine)) == plain(pickle.loads(theirs)), (n, event)
-    assert plain(fast_records) == plain(reference_records)
+        for mine, theirs in (
+            (outcome_of(fast, event, n), outcome_of(reference, event, n)),  # and the records
+            (state_of(fast), state_of(reference)),
+        ):
+            if mine != theirs:
+                assert plain(pickle.loads(mine)) == plain(pickle.loads(theirs)), (n, event)
     assert fast._machine is None
 
 
