@@ -200,6 +200,25 @@ async def test_an_edit_no_frame_can_carry_is_reported_and_blocks_nothing() -> No
     assert event["cells"] == ["big"] and event["max_frame_size"] == 4_096
 
 
+async def test_a_client_restarted_with_the_same_session_id_is_not_ignored() -> None:
+    """A new connector with the session id of an earlier one numbers its frames above the
+    seq kernel-ready reports, so the server applies its edits instead of taking them for
+    stale ones."""
+    with trio.fail_after(LIMIT):
+        async with serving(cells={"a": "0"}) as server:
+            for round_ in range(3):
+                async with connector(server, session_id="same") as conn:
+                    for i in range(5):
+                        conn.edit("a", f"round {round_} edit {i}")
+                        conn.edit(f"cell-{i}", f"round {round_}")
+                    await conn.connect()
+                    conn.edit("a", f"round {round_} last")
+                    await conn.wait_acked()
+                assert server.cells["a"] == f"round {round_} last"
+                assert all(server.cells[f"cell-{i}"] == f"round {round_}" for i in range(5))
+            assert server.sessions["same"].stale_codes == 0
+
+
 async def test_a_request_after_a_shutdown_starts_a_new_cycle() -> None:
     """request() in CLOSED(SHUTDOWN) starts a new cycle, like after a give-up."""
     with trio.fail_after(LIMIT):
