@@ -29,9 +29,9 @@ from common import Case, Row, median, paired_ratio, time_side_by_side
 from statemachine.engines.sync import SyncEngine
 
 import fsm
-from fsm._engine import DecisionCache
-from fsm._machine import _LifecycleMachine
 from fsm.connector import Connector, Link
+from fsm.core._engine import DecisionCache
+from fsm.core._machine import _LifecycleMachine
 
 URL = "ws://127.0.0.1:9/ws"
 COUNTS = {"send": 0, "build": 0, "processing_loop": 0, "decide": 0}

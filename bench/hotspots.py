@@ -21,8 +21,8 @@ import time
 
 from common import quiet_structlog
 
-GROUPS = ("fsm/server.py", "fsm/", "statemachine", "structlog", "trio_websocket", "wsproto",
-          "h11", "trio")
+GROUPS = ("fsm/servers/reference/", "fsm/", "statemachine", "structlog", "trio_websocket",
+          "wsproto", "h11", "trio")
 
 
 def by_package(profile: cProfile.Profile) -> collections.Counter[str]:
@@ -144,7 +144,7 @@ def profile_open(n: int) -> None:
             events = sum(
                 cumtime for (filename, _line, func), (_cc, _nc, _tt, cumtime, _callers)
                 in pstats.Stats(profile).stats.items()  # type: ignore[attr-defined]
-                if filename.endswith("fsm/lifecycle.py") and func == "_send"
+                if filename.endswith("fsm/core/_lifecycle.py") and func == "_send"
             )
             total = sum(shares.values())
             print(f"  of which under ConnectionLifecycle._send (engine built and run): "

@@ -1,7 +1,7 @@
 """The lifecycle's shape, built four ways, for comparing what one transition costs.
 
 Each has the same states (CONNECTING compound where the library allows it), the same
-events, guards and transition actions as ``fsm._machine._LifecycleMachine``, and no
+events, guards and transition actions as ``fsm.core._machine._LifecycleMachine``, and no
 wrapper: no effects, no observers, no transition records, no logging, no enter/exit
 hooks. The guards and actions only touch an attempt counter, so what differs from the
 real lifecycle is exactly what ``ConnectionLifecycle`` adds on top of its engine.
@@ -23,7 +23,7 @@ MIN_UPTIME = 5.0
 class RawMachine(StateMachine):  # type: ignore[misc]
     """``_LifecycleMachine``'s states, compound state, transitions, guards and actions.
 
-    Keep in step with fsm/_machine.py: the transition benchmark reports (as a row)
+    Keep in step with fsm/core/_machine.py: the transition benchmark reports (as a row)
     whether the declared transitions still match, compared by ``shape_mismatch()``.
     """
 
@@ -420,6 +420,6 @@ def declared_shape(machine_class: type) -> list[tuple[Any, ...]]:
 
 def shape_mismatch() -> list[tuple[Any, ...]]:
     """Transitions declared on only one of RawMachine and fsm's _LifecycleMachine."""
-    from fsm._machine import _LifecycleMachine
+    from fsm.core._machine import _LifecycleMachine
 
     return sorted(set(declared_shape(RawMachine)) ^ set(declared_shape(_LifecycleMachine)))

@@ -6,7 +6,7 @@ BACKING_OFF -> DIALING, DIALING -> OPEN (the edit buffer is flushed). Times are 
 event (one cycle / 3).
 
 Three ways for a lifecycle to reach python-statemachine are timed side by side: the
-default (the decision cache of ``fsm._engine``: one shared engine, its decisions
+default (the decision cache of ``fsm.core._engine``: one shared engine, its decisions
 replayed), the shared engine deciding every event (the cache off: the first prototype),
 and a per-instance engine (``lc.machine`` built, which then drives that lifecycle: the
 old design).
@@ -20,8 +20,8 @@ from common import Case, Row, json_null_logger, median, paired_ratio, time_side_
 from shapes import DictFSM, RawMachine, shape_mismatch, transitions_flat, transitions_hsm
 
 import fsm
-from fsm._engine import DecisionCache
-from fsm._machine import _LifecycleMachine
+from fsm.core._engine import DecisionCache
+from fsm.core._machine import _LifecycleMachine
 
 # The first prototype: one shared engine, configuration and owner swapped in, every
 # event decided by the engine (no cache).

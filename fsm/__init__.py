@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from fsm._buffer import EditBuffer, FlushBatch, FlushFrame
-from fsm._errors import (
+from fsm.core._buffer import EditBuffer, FlushBatch, FlushFrame
+from fsm.core._errors import (
     ConnectionFailed,
     EditBufferFull,
     EditTooLarge,
@@ -19,10 +19,8 @@ from fsm._errors import (
     NotConnected,
     RequestFailed,
 )
-from fsm._frames import Frame
-from fsm._policy import RetryPolicy
-from fsm._types import CloseReason, ConnState, Phase, Transition
-from fsm.lifecycle import (
+from fsm.core._frames import Frame
+from fsm.core._lifecycle import (
     Backoff,
     ConnectionLifecycle,
     Dial,
@@ -32,10 +30,13 @@ from fsm.lifecycle import (
     SendEdit,
     TransitionLogger,
 )
+from fsm.core._policy import RetryPolicy
+from fsm.core._types import CloseReason, ConnState, Phase, Transition
 
 if TYPE_CHECKING:
-    from fsm.connector import Connector, open_connector
-    from fsm.protocols import KernelProtocol, ReferenceProtocol
+    from fsm.adapters._base import KernelProtocol
+    from fsm.adapters._reference import ReferenceProtocol
+    from fsm.driver._connector import Connector, open_connector
 
 __all__ = [
     "Backoff",
@@ -73,10 +74,10 @@ __version__ = "0.1.0"
 # The trio driver's names, imported on first access (PEP 562) so that the core
 # and ``import fsm`` never pay for trio.
 _LAZY = {
-    "Connector": "fsm.connector",
-    "open_connector": "fsm.connector",
-    "KernelProtocol": "fsm.protocols",
-    "ReferenceProtocol": "fsm.protocols",
+    "Connector": "fsm.driver._connector",
+    "open_connector": "fsm.driver._connector",
+    "KernelProtocol": "fsm.adapters._base",
+    "ReferenceProtocol": "fsm.adapters._reference",
 }
 
 

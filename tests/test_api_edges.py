@@ -101,7 +101,7 @@ async def test_a_connect_pending_when_the_block_exits_gets_the_not_running_error
 
 def test_frame_is_importable_from_the_top() -> None:
     """fsm.Frame is the frame type messages() yields."""
-    from fsm._frames import Frame
+    from fsm.core._frames import Frame
 
     assert fsm.Frame is Frame and "Frame" in fsm.__all__
 

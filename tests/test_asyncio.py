@@ -57,7 +57,7 @@ def run_asyncio(coro: Any) -> Any:
             return await coro
 
     result = asyncio.run(bounded())
-    assert not fsm.aio._RUNS
+    assert not fsm.driver._aio._RUNS
     return result
 
 
@@ -100,7 +100,7 @@ def test_connectors_of_one_loop_share_one_guest_run() -> None:
                 fsm.aio.open_connector(server.url, policy=FAST) as one,
                 fsm.aio.open_connector(server.url, policy=FAST) as two,
             ):
-                assert len(fsm.aio._RUNS) == 1
+                assert len(fsm.driver._aio._RUNS) == 1
                 one.edit("a", "1")
                 two.edit("b", "2")
                 await asyncio.gather(one.connect(), two.connect())

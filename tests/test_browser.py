@@ -33,8 +33,8 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from fsm import RetryPolicy
 from fsm.gateway import Gateway
-from fsm.gateway._page import render_page
 from fsm.server import KernelServer
+from fsm.servers.gateway._page import render_page
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
@@ -52,11 +52,11 @@ T = TypeVar("T")
 
 def test_page_diagram_is_the_generated_one() -> None:
     """The page ships the diagram ``fsm diagrams`` generated (copy it after regenerating)."""
-    shipped = ROOT / "fsm" / "gateway" / "static" / "lifecycle.svg"
+    shipped = ROOT / "fsm" / "servers" / "gateway" / "static" / "lifecycle.svg"
     generated = ROOT / "diagrams" / "lifecycle.svg"
     assert shipped.read_bytes() == generated.read_bytes(), (
-        "fsm/gateway/static/lifecycle.svg differs from diagrams/lifecycle.svg: "
-        "copy it after `fsm diagrams` (cp diagrams/lifecycle.svg fsm/gateway/static/)"
+        "fsm/servers/gateway/static/lifecycle.svg differs from diagrams/lifecycle.svg: "
+        "copy it after `fsm diagrams` (cp diagrams/lifecycle.svg fsm/servers/gateway/static/)"
     )
 
 

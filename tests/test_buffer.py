@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fsm import EditBuffer, EditBufferFull, EditTooLarge, FlushBatch, FlushFrame, LifecycleError
-from fsm._frames import encode_frame
+from fsm.core._frames import encode_frame
 
 # -- recording edits ---------------------------------------------------------------------
 

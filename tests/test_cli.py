@@ -15,7 +15,7 @@ import pytest
 import trio
 
 import fsm
-from fsm._cli import SUBCOMMANDS, build_parser, main, run_trio
+from fsm.cli._main import SUBCOMMANDS, build_parser, main, run_trio
 
 ROOT = Path(__file__).resolve().parent.parent
 HAS_MARIMO = all(importlib.util.find_spec(m) for m in ("marimo", "httpx"))

@@ -35,8 +35,8 @@ from structlog.testing import capture_logs
 
 import fsm
 from fsm import CloseReason, ConnectionFailed, ConnState, NotConnected, Phase, Transition
-from fsm._frames import Frame
 from fsm.connector import Connector, Link
+from fsm.core._frames import Frame
 from fsm.protocols import AttemptFailed, ReferenceProtocol
 from fsm.server import Faults, malformed_frames
 

@@ -15,9 +15,8 @@ pytest.importorskip(
 )
 
 import fsm
-from fsm import _diagrams
-from fsm._cli import main as cli_main
-from fsm._diagrams import (
+from fsm.cli import _diagrams
+from fsm.cli._diagrams import (
     ACTION_LABELS,
     GUARD_LABELS,
     GraphvizNotFound,
@@ -25,6 +24,7 @@ from fsm._diagrams import (
     mermaid_source,
     write_diagrams,
 )
+from fsm.cli._main import main as cli_main
 
 ROOT = Path(__file__).resolve().parent.parent
 DIAGRAMS = ROOT / "diagrams"

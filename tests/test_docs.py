@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 import fsm
-from fsm._cli import format_schedule
+from fsm.cli._main import format_schedule
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -130,7 +130,7 @@ def test_retry_schedule_snippet_is_current() -> None:
     committed = (DOCS / "snippets" / "retry-schedule.md").read_text(encoding="utf-8")
     assert committed.strip() == format_schedule(fsm.RetryPolicy()).strip(), (
         "docs/snippets/retry-schedule.md is stale; regenerate it with: python -c "
-        "\"from fsm._cli import format_schedule; from fsm import RetryPolicy; "
+        "\"from fsm.cli._main import format_schedule; from fsm import RetryPolicy; "
         "print(format_schedule(RetryPolicy()))\" > docs/snippets/retry-schedule.md"
     )
     assert '--8<-- "docs/snippets/retry-schedule.md"' in (DOCS / "retry-schedule.md").read_text()

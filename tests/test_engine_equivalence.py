@@ -2,7 +2,7 @@
 
 A lifecycle normally builds no engine: its events go to the one engine of
 ``_LifecycleMachine`` shared by every lifecycle, through the cache of that engine's
-decisions (``fsm._engine``). A lifecycle whose ``machine`` was asked for drives its own
+decisions (``fsm.core._engine``). A lifecycle whose ``machine`` was asked for drives its own
 engine instead: plain python-statemachine, no cache; the model check's lifecycles do.
 
 The exhaustive check runs the model check's own exploration (``tests/test_model_check.py``,
@@ -44,8 +44,8 @@ from test_model_check import (
 
 import fsm.lifecycle
 from fsm import ConnectionLifecycle, InvalidTransition, Phase, RetryPolicy, Transition
-from fsm._engine import DecisionCache
-from fsm._machine import _LifecycleMachine
+from fsm.core._engine import DecisionCache
+from fsm.core._machine import _LifecycleMachine
 
 # Not part of a lifecycle's own state: its engine, its observers, its (frozen) policy.
 _NOT_STATE = ("_machine", "observers", "policy")
@@ -55,12 +55,12 @@ _NOT_STATE = ("_machine", "observers", "policy")
 def cache() -> Iterator[DecisionCache]:
     """A fresh decision cache for the fast path, so that misses and hits both happen."""
     fresh = DecisionCache(_LifecycleMachine, ConnectionLifecycle(log_transitions=False))
-    saved = list(fsm.lifecycle._load_decisions())
-    fsm.lifecycle._DECISIONS[0] = fresh
+    saved = list(fsm.core._lifecycle._load_decisions())
+    fsm.core._lifecycle._DECISIONS[0] = fresh
     try:
         yield fresh
     finally:
-        fsm.lifecycle._DECISIONS[:] = saved
+        fsm.core._lifecycle._DECISIONS[:] = saved
 
 
 def plain(value: Any) -> Any:

@@ -11,7 +11,7 @@ import pytest
 import trio
 import trio_websocket
 
-from fsm._cli import main
+from fsm.cli._main import main
 from tests._connector_helpers import LIMIT, serving
 from tests._gateway_helpers import RawClient
 

@@ -13,7 +13,7 @@ import trio
 import trio_websocket
 
 import fsm
-from fsm._frames import Frame
+from fsm.core._frames import Frame
 from fsm.server import KernelServer, Session, default_handler
 from tests._connector_helpers import LIMIT, serving
 from tests._gateway_helpers import client, gateway_to, http_get, raw_client

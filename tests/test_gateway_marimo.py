@@ -16,7 +16,7 @@ import trio
 from marimo_server import marimo_server, write_notebook
 
 import fsm
-from fsm._frames import Frame
+from fsm.core._frames import Frame
 from fsm.gateway import Gateway
 from fsm.marimo import cell_output, output_text
 from tests._gateway_helpers import RawClient, raw_client

@@ -1,4 +1,4 @@
-"""Tests of the shared view of an upstream (fsm.gateway._shared.UpstreamGate).
+"""Tests of the shared view of an upstream (fsm.servers.gateway._shared.UpstreamGate).
 
 First the policy alone, fed with times and outcomes (it is sans-IO); then a fleet of real
 connectors sharing one gate in front of one :class:`fsm.server.KernelServer`, over
@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 import fsm
 from fsm import ConnState
 from fsm.connector import Connector, StreamOpener
-from fsm.gateway._shared import GatePolicy, UpstreamGate
 from fsm.server import KernelServer
+from fsm.servers.gateway._shared import GatePolicy, UpstreamGate
 
 PACE = GatePolicy(max_in_flight=4, rate=100.0)
 SPACING = 1 / PACE.rate

@@ -31,8 +31,8 @@ from fsm import (
     RetryPolicy,
     SendEdit,
 )
-from fsm._frames import encode_frame
-from fsm._machine import _LifecycleMachine
+from fsm.core._frames import encode_frame
+from fsm.core._machine import _LifecycleMachine
 from fsm.lifecycle import EVENTS
 
 
@@ -1088,9 +1088,9 @@ def test_the_machine_class_is_built_on_the_first_event() -> None:
         "import fsm\n"
         "lc = fsm.ConnectionLifecycle(log_transitions=False)\n"
         "lc.edit('a', 'x')\n"
-        "print(sorted(m for m in ('fsm._machine', 'fsm._redact') if m in sys.modules))\n"
+        "print(sorted(m for m in ('fsm.core._machine', 'fsm.core._redact') if m in sys.modules))\n"
         "lc.connect(); lc.fail(cause='token=abc refused')\n"
-        "print(sorted(m for m in ('fsm._machine', 'fsm._redact') if m in sys.modules))\n"
+        "print(sorted(m for m in ('fsm.core._machine', 'fsm.core._redact') if m in sys.modules))\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=60
@@ -1098,7 +1098,7 @@ def test_the_machine_class_is_built_on_the_first_event() -> None:
     assert result.returncode == 0, result.stderr
     before, after = result.stdout.split("\n")[:2]
     assert before == "[]"
-    assert after == "['fsm._machine']"
+    assert after == "['fsm.core._machine']"
 
 
 def test_events_lists_every_declared_event_once() -> None:

@@ -405,7 +405,7 @@ def test_a_level_that_is_off_is_not_rendered() -> None:
 
 
 def fsm_logger() -> Any:
-    from fsm._logging import get_logger
+    from fsm.core._logging import get_logger
 
     return get_logger("fsm")
 

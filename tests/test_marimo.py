@@ -27,8 +27,8 @@ import trio
 from marimo_server import MarimoServer, free_port, marimo_server, write_notebook
 
 import fsm
-from fsm._cli import main as cli_main
-from fsm._frames import Frame
+from fsm.cli._main import main as cli_main
+from fsm.core._frames import Frame
 from fsm.marimo import MarimoProtocol, cell_output, notebook_cells, output_text
 from fsm.protocols import AttemptFailed, AttemptRejected, Verdict
 

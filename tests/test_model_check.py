@@ -17,7 +17,7 @@ bad for good is a sequence of such inputs).
 
 All the lifecycles of one exploration share one python-statemachine engine (a
 lifecycle gives its engine its own configuration before every event, as the shared
-engine of ``fsm._engine`` is given it; the exploration sets the owner). A configuration
+engine of ``fsm.core._engine`` is given it; the exploration sets the owner). A configuration
 is re-entered either by replaying the shortest event path that first reached it on a
 fresh lifecycle (used for the small policy), or by a deep copy of a lifecycle that is
 in it, its engine left out (used for the default policy, faster); a test checks that
@@ -63,9 +63,9 @@ from fsm import (
     RetryPolicy,
     SendEdit,
 )
-from fsm._engine import config_value
-from fsm._frames import encode_frame
-from fsm._machine import _LifecycleMachine
+from fsm.core._engine import config_value
+from fsm.core._frames import encode_frame
+from fsm.core._machine import _LifecycleMachine
 
 #: The policies explored: a small one and the default (25 attempts).
 MAX_ATTEMPTS = (4, 25)
@@ -355,7 +355,7 @@ class Explorer:
         """Make the exploration's one engine ``lc``'s before ``lc`` gets an input.
 
         ``ConnectionLifecycle`` gives its engine its own configuration before every event
-        (as the shared engine of :mod:`fsm._engine` is given it); the owner is the one
+        (as the shared engine of :mod:`fsm.core._engine` is given it); the owner is the one
         thing left to set. Building an engine per lifecycle, and deep-copying one, cost
         milliseconds each: most of what an exploration would otherwise spend.
         """

@@ -13,7 +13,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from fsm import RetryPolicy
-from fsm._policy import check_draw
+from fsm.core._policy import check_draw
 
 FIELDS = (
     "max_attempts",

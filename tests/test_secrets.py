@@ -22,7 +22,7 @@ from structlog.testing import capture_logs
 
 import fsm
 from fsm import CloseReason, ConnState, RetryPolicy
-from fsm._redact import MASK, redact, redact_url
+from fsm.core._redact import MASK, redact, redact_url
 from fsm.server import DEFAULT_HOST, KernelServer
 
 

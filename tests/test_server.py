@@ -23,7 +23,7 @@ from trio_websocket import (
     wrap_client_stream,
 )
 
-from fsm._frames import MAX_FRAME_SIZE, Frame, decode_frame, encode_frame
+from fsm.core._frames import MAX_FRAME_SIZE, Frame, decode_frame, encode_frame
 from fsm.server import Faults, KernelServer, Session, malformed_frames
 
 #: Upper bound for any single test; everything here normally finishes in milliseconds.

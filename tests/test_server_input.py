@@ -40,8 +40,8 @@ from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 import fsm
-from fsm._frames import MAX_FRAME_SIZE, BadFrame, Frame, decode_frame, encode_frame
 from fsm.connector import Connector
+from fsm.core._frames import MAX_FRAME_SIZE, BadFrame, Frame, decode_frame, encode_frame
 from fsm.server import Faults, KernelServer, Session, malformed_frames
 
 URL = "ws://kernel.invalid/ws"

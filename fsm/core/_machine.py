@@ -6,7 +6,7 @@ the way. ``fsm diagrams`` draws ``diagrams/lifecycle.{mmd,dot,svg}`` from this c
 (the docs publish them), and a test fails when they no longer match it.
 
 How the machine is driven (effects, and the hot paths that bypass it) is explained in
-:mod:`fsm.lifecycle`, which imports this module when a lifecycle receives its first
+:mod:`fsm.core._lifecycle`, which imports this module when a lifecycle receives its first
 event: building the class costs several milliseconds that ``import fsm`` need not pay.
 
 Callbacks read and write the owning :class:`~fsm.ConnectionLifecycle`; the effects
@@ -19,14 +19,17 @@ from typing import TYPE_CHECKING, Final
 
 from statemachine import State, StateMachine
 
-from fsm._policy import check_draw
-from fsm._types import CloseReason
-from fsm.lifecycle import Backoff, Dial, Flush, HangUp
+from fsm.core._effects import Backoff, Dial, Flush, HangUp
+from fsm.core._logging import get_logger
+from fsm.core._policy import check_draw
+from fsm.core._types import CloseReason
 
 if TYPE_CHECKING:
-    from fsm.lifecycle import ConnectionLifecycle
+    from fsm.core._lifecycle import ConnectionLifecycle
 
 __all__ = ["_LifecycleMachine"]
+
+_log = get_logger("fsm")
 
 # The reason CLOSED records, by the event that led there.
 _REASON_BY_EVENT: Final[dict[str, CloseReason]] = {
@@ -169,8 +172,6 @@ class _LifecycleMachine(StateMachine):
         problem = owner._draw_problem
         owner._close_reason = CloseReason.ERROR
         owner.last_cause = ValueError(problem)
-        from fsm.lifecycle import _log
-
         _log.error("rng_draw_invalid", problem=problem, attempt=owner._attempts)
 
     def request_reconnect(self) -> None:
@@ -194,9 +195,7 @@ class _LifecycleMachine(StateMachine):
         batch = buffer.take_flush()
         owner._effects.append(Flush(batch))
         if batch.undeliverable:
-            from fsm.lifecycle import _log
-
-            _log.warning(
+                _log.warning(
                 "edits_undeliverable",
                 cells=list(batch.undeliverable),
                 max_frame_size=buffer.max_frame_size,

@@ -63,8 +63,8 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "(or pip install 'python-statemachine[diagrams]')"
     ) from exc
 
-from fsm._errors import LifecycleError
-from fsm.lifecycle import ConnectionLifecycle
+from fsm.core._errors import LifecycleError
+from fsm.core._lifecycle import ConnectionLifecycle
 
 __all__ = ["GraphvizNotFound", "dot_source", "mermaid_source", "render_svg", "write_diagrams"]
 

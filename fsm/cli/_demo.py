@@ -14,11 +14,11 @@ from typing import Any
 
 import trio
 
-from fsm._errors import ConnectionFailed
-from fsm._policy import RetryPolicy
-from fsm._types import ConnState
-from fsm.connector import open_connector
-from fsm.server import KernelServer
+from fsm.core._errors import ConnectionFailed
+from fsm.core._policy import RetryPolicy
+from fsm.core._types import ConnState
+from fsm.driver._connector import open_connector
+from fsm.servers.reference._server import KernelServer
 
 # Short enough that 25 backed-off attempts take about a second.
 DEMO_POLICY = RetryPolicy(

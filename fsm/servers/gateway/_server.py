@@ -18,13 +18,15 @@ from typing import Any
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_server_stream
 
-from fsm._frames import MAX_FRAME_SIZE, BadFrame, decode_frame
-from fsm._policy import RetryPolicy
-from fsm.connector import StreamOpener
-from fsm.gateway import _http
-from fsm.gateway._metrics import CONTENT_TYPE, GatewayMetrics
-from fsm.gateway._page import render_page
-from fsm.gateway._session import (
+from fsm.adapters._base import KernelProtocol, normalise_url
+from fsm.adapters._reference import ReferenceProtocol
+from fsm.core._frames import MAX_FRAME_SIZE, BadFrame, decode_frame
+from fsm.core._policy import RetryPolicy
+from fsm.driver._connector import StreamOpener
+from fsm.servers import _http
+from fsm.servers.gateway._metrics import CONTENT_TYPE, GatewayMetrics
+from fsm.servers.gateway._page import render_page
+from fsm.servers.gateway._session import (
     REASON_BAD_FRAME,
     ClientLink,
     Session,
@@ -32,8 +34,7 @@ from fsm.gateway._session import (
     error_frame,
     log,
 )
-from fsm.gateway._shared import GatePolicy, UpstreamGate
-from fsm.protocols import KernelProtocol, ReferenceProtocol, normalise_url
+from fsm.servers.gateway._shared import GatePolicy, UpstreamGate
 
 #: The longest client session id accepted (the page's are 32 hex digits).
 MAX_SESSION_ID = 256
@@ -144,7 +145,7 @@ class Gateway:
             )
         if marimo is not None:
             self._marimo_protocol()  # fail now, not on the first session, if marimo is absent
-            from fsm._marimo_notebook import notebook_cells
+            from fsm.adapters._marimo_notebook import notebook_cells
 
             try:
                 self._notebook = dict(notebook_cells(marimo))
@@ -280,7 +281,7 @@ class Gateway:
 
     def _marimo_protocol(self) -> KernelProtocol:
         try:
-            from fsm.marimo import MarimoProtocol
+            from fsm.adapters._marimo import MarimoProtocol
         except ImportError as exc:
             raise ValueError(
                 "--marimo needs the marimo extra: pip install 'fsm-kernel-lifecycle[marimo]'"
@@ -525,6 +526,6 @@ class Gateway:
 
 
 def _http_safe(url: str) -> str:
-    from fsm._redact import redact_url
+    from fsm.core._redact import redact_url
 
     return redact_url(url)

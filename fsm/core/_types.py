@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 
-from fsm._value import Value, set_field
+from fsm.core._value import Value, set_field
 
 
 class ConnState(enum.StrEnum):

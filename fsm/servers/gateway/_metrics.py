@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from fsm._types import ConnState, Phase, Transition
+from fsm.core._types import ConnState, Phase, Transition
 
 #: The content type of ``GET /metrics``.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

@@ -48,7 +48,7 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
-from fsm._policy import RetryPolicy
+from fsm.core._policy import RetryPolicy
 
 if TYPE_CHECKING:
     import random
@@ -66,7 +66,7 @@ DEFAULT_PROBE: Final = RetryPolicy(
 
 @dataclass(frozen=True, slots=True)
 class GatePolicy:
-    """How the sessions of one upstream share it; see :mod:`fsm.gateway._shared`.
+    """How the sessions of one upstream share it; see :mod:`fsm.servers.gateway._shared`.
 
     ``max_in_flight = 16``
         Dials in flight to the upstream at once, never more.

@@ -58,9 +58,9 @@ from __future__ import annotations
 from json.encoder import encode_basestring_ascii
 from typing import Any, overload
 
-from fsm._errors import EditBufferFull, EditTooLarge
-from fsm._frames import MAX_FRAME_SIZE, encode_frame
-from fsm._value import Value, set_field
+from fsm.core._errors import EditBufferFull, EditTooLarge
+from fsm.core._frames import MAX_FRAME_SIZE, encode_frame
+from fsm.core._value import Value, set_field
 
 __all__ = ["DEFAULT_EDIT_LIMIT", "MAX_SEQ", "EditBuffer", "FlushBatch", "FlushFrame"]
 

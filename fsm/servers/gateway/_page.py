@@ -2,7 +2,7 @@
 
 The page's CSS, JavaScript and the lifecycle diagram are inlined, so loading it is one
 request (the only one that needs the token) and nothing comes from a CDN or needs a build
-step. The assets live in ``fsm/gateway/static/`` and ship in the wheel:
+step. The assets live in ``fsm/servers/gateway/static/`` and ship in the wheel:
 
 * ``page.html``: the document, with three markers replaced by the assets below;
 * ``page.css`` and ``page.js``: the page's style and its client of the gateway's ``/ws``
@@ -33,7 +33,8 @@ _SVG_SIZE = re.compile(r'(<svg\b[^>]*?)\s+width="[^"]*"\s+height="[^"]*"', re.DO
 
 
 def _asset(name: str) -> str:
-    return resources.files("fsm.gateway").joinpath("static", name).read_text(encoding="utf-8")
+    static = resources.files("fsm.servers.gateway").joinpath("static")
+    return static.joinpath(name).read_text(encoding="utf-8")
 
 
 def inline_svg(svg: str) -> str:
@@ -48,7 +49,7 @@ def render_page() -> bytes:
     css, js = _asset("page.css"), _asset("page.js")
     # An inlined asset must not end its own element early.
     if "</style" in css.lower() or "</script" in js.lower():
-        raise RuntimeError("fsm/gateway/static: an inlined asset closes its own element")
+        raise RuntimeError("fsm/servers/gateway/static: an inlined asset closes its own element")
     html = _asset("page.html")
     for marker, text in (
         (_CSS_MARKER, css),
@@ -56,6 +57,6 @@ def render_page() -> bytes:
         (_SVG_MARKER, inline_svg(_asset("lifecycle.svg"))),
     ):
         if html.count(marker) != 1:
-            raise RuntimeError(f"fsm/gateway/static/page.html: expected one {marker}")
+            raise RuntimeError(f"fsm/servers/gateway/static/page.html: expected one {marker}")
         html = html.replace(marker, text)
     return html.encode("utf-8")

@@ -1,8 +1,15 @@
-"""HTTP for the gateway: one h11 request per TCP connection, then a reply or an upgrade.
+"""HTTP for the servers: one h11 request per TCP connection, then a reply or an upgrade.
 
-The request head is read with h11 (which also bounds its size); a WebSocket upgrade is
-then handed to trio-websocket over a stream that replays the bytes already read, so the
-gateway can route, authenticate and refuse (401, 404, 503) before wsproto sees anything.
+Both servers (the reference server and the gateway) read a request head themselves,
+with h11 (which also bounds its size), to route, authenticate, refuse (401, 404, 503)
+or inject a fault before wsproto sees anything; a WebSocket upgrade is then handed to
+trio-websocket over a :class:`ReplayStream` that replays the bytes already read.
+Responses are written with h11 too.
+
+An upgrade that wsproto would refuse must be refused before that hand-over:
+trio-websocket 0.12.2's ``wrap_server_stream()`` otherwise waits forever for a request
+it never gets (:func:`is_valid_websocket`). Headers are given lower-cased, repeated
+ones joined with ``", "``.
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ from __future__ import annotations
 import hmac
 import json
 import urllib.parse
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
@@ -17,7 +25,23 @@ from typing import Any
 import h11
 import trio
 
-from fsm._handshake import is_upgrade, is_valid_websocket
+
+def is_upgrade(headers: Mapping[str, str]) -> bool:
+    """Whether the request asks to switch to WebSocket (``Connection: Upgrade``)."""
+    connection = {t.strip().lower() for t in headers.get("connection", "").split(",")}
+    return "upgrade" in connection and headers.get("upgrade", "").lower() == "websocket"
+
+
+def is_valid_websocket(method: str, headers: Mapping[str, str]) -> bool:
+    """Whether wsproto will accept this upgrade request (RFC 6455 section 4.2.1)."""
+    return (
+        method == "GET"
+        and is_upgrade(headers)
+        and headers.get("sec-websocket-version") == "13"
+        and bool(headers.get("sec-websocket-key"))
+        and "host" in headers
+    )
+
 
 #: The largest request head read; a browser's is well under 8 KiB.
 MAX_HEAD = 16 * 1024
@@ -51,9 +75,10 @@ class BadRequest(Exception):
     """The bytes read are not an HTTP/1.1 request the gateway can answer."""
 
 
-async def read_request(stream: trio.abc.Stream) -> Request | None:
-    """Read one request head; ``None`` if the peer hung up first, BadRequest if malformed."""
-    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
+async def read_request(stream: trio.abc.Stream, *, max_head: int = MAX_HEAD) -> Request | None:
+    """Read one request head; ``None`` if the peer hung up first, BadRequest if malformed
+    or longer than ``max_head`` bytes."""
+    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=max_head)
     raw = bytearray()
     while True:
         try:
@@ -83,6 +108,14 @@ async def read_request(stream: trio.abc.Stream) -> Request | None:
         if isinstance(event, h11.ConnectionClosed):
             return None
         raise BadRequest(f"unexpected {type(event).__name__}")
+
+
+def phrase(status: int) -> str:
+    """The reason phrase of HTTP ``status`` (``Unknown Status`` for one without)."""
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Unknown Status"
 
 
 def response(
@@ -142,11 +175,22 @@ def authorized(request: Request, token: str | None) -> bool:
 
 
 class ReplayStream(trio.abc.Stream):
-    """``raw`` with the bytes already read in front: what trio-websocket reads the upgrade from."""
+    """``raw`` with the bytes already read in front: what trio-websocket reads the upgrade from.
 
-    def __init__(self, raw: trio.abc.Stream, prefix: bytes) -> None:
+    ``gate``, if given, is awaited before and after every read from ``raw`` (never for
+    the replayed bytes): the reference server holds a frozen connection's bytes there,
+    including bytes that arrived while a read was already pending.
+    """
+
+    def __init__(
+        self,
+        raw: trio.abc.Stream,
+        prefix: bytes,
+        gate: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self._raw = raw
         self._prefix = prefix
+        self._gate = gate
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         await self._raw.send_all(data)
@@ -159,7 +203,12 @@ class ReplayStream(trio.abc.Stream):
             n = len(self._prefix) if max_bytes is None else max_bytes
             chunk, self._prefix = self._prefix[:n], self._prefix[n:]
             return chunk
-        return await self._raw.receive_some(max_bytes)
+        if self._gate is None:
+            return await self._raw.receive_some(max_bytes)
+        await self._gate()
+        data = await self._raw.receive_some(max_bytes)
+        await self._gate()
+        return data
 
     async def aclose(self) -> None:
         await self._raw.aclose()

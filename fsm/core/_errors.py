@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from fsm._types import CloseReason, ConnState
+    from fsm.core._types import CloseReason, ConnState
 
 
 class LifecycleError(Exception):
@@ -43,7 +43,7 @@ class ConnectionFailed(LifecycleError):
             "ERROR": "the connection cycle stopped on an error in the client",
         }.get(reason.value, f"closed ({reason.value})")
         if isinstance(cause, BaseException):
-            from fsm._redact import describe, redact  # only failures carry a cause
+            from fsm.core._redact import describe, redact  # only failures carry a cause
 
             last = f"; last cause: {redact(describe(cause))}"
         else:

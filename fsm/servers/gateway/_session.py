@@ -30,17 +30,17 @@ from typing import TYPE_CHECKING, Any
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
-from fsm._errors import ConnectionFailed, LifecycleError, NotConnected, RequestFailed
-from fsm._frames import Frame, encode_frame
-from fsm._logging import get_logger
-from fsm._policy import RetryPolicy
-from fsm._redact import redact
-from fsm._types import ConnState, Phase, Transition
-from fsm.connector import Connector, StreamOpener, open_connector
-from fsm.protocols import KernelProtocol
+from fsm.adapters._base import KernelProtocol
+from fsm.core._errors import ConnectionFailed, LifecycleError, NotConnected, RequestFailed
+from fsm.core._frames import Frame, encode_frame
+from fsm.core._logging import get_logger
+from fsm.core._policy import RetryPolicy
+from fsm.core._redact import redact
+from fsm.core._types import ConnState, Phase, Transition
+from fsm.driver._connector import Connector, StreamOpener, open_connector
 
 if TYPE_CHECKING:
-    from fsm.gateway._server import Gateway
+    from fsm.servers.gateway._server import Gateway
 
 log = get_logger("fsm.gateway")
 
@@ -67,7 +67,7 @@ async def open_upstream(
 ) -> AsyncIterator[Connector]:
     """The one place a session's upstream connector is made (lazy, never dialled here).
 
-    ``gate`` is the shared view of this upstream (``fsm.gateway._shared``), handed to the
+    ``gate`` is the shared view of this upstream (``fsm.servers.gateway._shared``), handed to the
     connector as its ``dial_gate``; ``None`` lets every session dial on its own.
     """
     extra: dict[str, Any] = {} if gate is None else {"dial_gate": gate}

@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from fsm.gateway._server import Gateway
-from fsm.gateway._shared import GatePolicy, UpstreamGate
+from fsm.servers.gateway._server import Gateway
+from fsm.servers.gateway._shared import GatePolicy, UpstreamGate
 
 __all__ = ["GatePolicy", "Gateway", "UpstreamGate"]

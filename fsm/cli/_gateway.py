@@ -15,7 +15,7 @@ import signal
 import sys
 from typing import TYPE_CHECKING
 
-from fsm._cli import (
+from fsm.cli._main import (
     CommandFailed,
     Subparsers,
     configure_logging,
@@ -25,17 +25,17 @@ from fsm._cli import (
     run_trio,
     server_url,
 )
-from fsm._policy import RetryPolicy
+from fsm.core._policy import RetryPolicy
 
 if TYPE_CHECKING:
-    from fsm.gateway import Gateway
+    from fsm.servers.gateway import Gateway
 
 #: How long a graceful shutdown may take before what is left is cancelled.
 SHUTDOWN_LIMIT = 10.0
 
 
 def add_gateway(sub: Subparsers) -> None:
-    """Register ``fsm gateway`` (listed in ``fsm._cli.SUBCOMMANDS``)."""
+    """Register ``fsm gateway`` (listed in ``fsm.cli._main.SUBCOMMANDS``)."""
     p = sub.add_parser(
         "gateway",
         help="serve the lazy gateway: one lazy upstream session per client session",
@@ -80,7 +80,7 @@ def policy_from(args: argparse.Namespace) -> RetryPolicy:
 
 
 def _cmd_gateway(args: argparse.Namespace) -> int:
-    from fsm.gateway import Gateway
+    from fsm.servers.gateway import Gateway
 
     if args.marimo is not None and not os.path.isfile(args.marimo):
         raise CommandFailed(f"notebook not found: {args.marimo}", 2)

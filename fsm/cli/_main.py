@@ -29,7 +29,7 @@ from typing import Any, TextIO
 
 import structlog
 
-from fsm._policy import RetryPolicy
+from fsm.core._policy import RetryPolicy
 
 #: What a registrar is given: the object ``add_subparsers()`` returned.
 Subparsers = Any
@@ -120,7 +120,7 @@ def positive_float(text: str) -> float:
 
 def server_url(text: str) -> str:
     """An argparse type: a ws, wss, http or https URL with a host (suggests a scheme)."""
-    from fsm.protocols import normalise_url
+    from fsm.adapters._base import normalise_url
 
     if "://" not in text:
         raise argparse.ArgumentTypeError(
@@ -222,7 +222,7 @@ def _add_schedule(sub: Subparsers) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from fsm._demo import run_demo
+    from fsm.cli._demo import run_demo
 
     if args.json:
         def say(text: str) -> None:
@@ -262,7 +262,7 @@ def _add_demo(sub: Subparsers) -> None:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from fsm.server import main as serve_main
+    from fsm.servers.reference._server import main as serve_main
 
     configure_logging(json_lines=args.json)
     run_trio(serve_main, args.port, args.host, args.token)
@@ -284,7 +284,7 @@ def _add_serve(sub: Subparsers) -> None:
 
 
 def _cmd_diagrams(args: argparse.Namespace) -> int:
-    from fsm._diagrams import GraphvizNotFound, write_diagrams
+    from fsm.cli._diagrams import GraphvizNotFound, write_diagrams
 
     try:
         paths = write_diagrams(args.out, svg=not args.no_svg)
@@ -310,7 +310,7 @@ def _cmd_marimo(args: argparse.Namespace) -> int:
     if not os.path.isfile(args.notebook):
         raise CommandFailed(f"notebook not found: {args.notebook}", 2)
     try:
-        from fsm.marimo import run_marimo_command
+        from fsm.cli._marimo import run_marimo_command
     except ImportError as exc:
         raise CommandFailed(
             f"fsm marimo needs the marimo extra: pip install 'fsm-kernel-lifecycle[marimo]' "
@@ -347,7 +347,7 @@ SUBCOMMANDS: list[Registrar | str] = [
     _add_schedule,
     _add_diagrams,
     _add_marimo,
-    "fsm.gateway._cli:add_gateway",
+    "fsm.cli._gateway:add_gateway",
 ]
 
 
