@@ -1,8 +1,9 @@
 """Where the time goes: cProfile, aggregated by package (fsm, python-statemachine, trio, ...).
 
     python bench/hotspots.py event    # one lifecycle event vs the raw engine (section 1)
-    python bench/hotspots.py build    # building the engine (the first event's cost)
-    python bench/hotspots.py open     # N connectors vs N bare WebSockets until OPEN (section 4)
+    python bench/hotspots.py build    # a lifecycle and its first event vs a raw engine's
+    python bench/hotspots.py open     # N connectors vs N bare WebSockets until OPEN (section 4;
+                                      # the server runs in another process)
     python bench/hotspots.py open --gc-off   # the same without garbage-collector pauses
 
 Profiling inflates call-heavy code more than the rest, so read the shares, not the
@@ -74,7 +75,7 @@ def profile_build(n: int) -> None:
     import fsm
 
     for title, build in (
-        ("ConnectionLifecycle + connect (engine built)",
+        ("ConnectionLifecycle + connect (no engine built: the shared one's cache)",
          lambda: fsm.ConnectionLifecycle(log_transitions=False).connect()),
         ("RawMachine() + connect", lambda: RawMachine().send("connect")),
     ):
@@ -87,68 +88,70 @@ def profile_build(n: int) -> None:
 
 
 def profile_open(n: int) -> None:
+    """N connectors vs N bare clients until OPEN, the server in another process."""
     import trio
     import trio_websocket
+    from sockets import _Server, raise_file_limit
 
+    from fsm import RetryPolicy
     from fsm.connector import open_connector
-    from fsm.server import KernelServer
 
-    async def run(kind: str) -> tuple[cProfile.Profile, float]:
-        server = KernelServer()
-        async with trio.open_nursery() as outer:
-            await outer.start(server.serve)
-            opened = 0
-            done = trio.Event()
+    raise_file_limit(n + 256)
+    patient = RetryPolicy(connect_timeout=300.0)
 
-            def arrived() -> None:
-                nonlocal opened
-                opened += 1
-                if opened == n:
-                    done.set()
+    async def run(url: str, kind: str) -> tuple[cProfile.Profile, float]:
+        opened = 0
+        done = trio.Event()
 
-            async def connector(i: int) -> None:
-                async with open_connector(server.url, session_id=f"c{i}",
-                                          heartbeat_interval=None) as conn:
-                    await conn.connect()
-                    arrived()
-                    await trio.sleep_forever()
+        def arrived() -> None:
+            nonlocal opened
+            opened += 1
+            if opened == n:
+                done.set()
 
-            async def bare(i: int) -> None:
-                url = f"{server.url}?session_id=b{i}"
-                async with trio_websocket.open_websocket_url(url) as ws:
-                    await ws.get_message()
-                    arrived()
-                    await trio.sleep_forever()
+        async def connector(i: int) -> None:
+            async with open_connector(url, session_id=f"c{kind}{i}", heartbeat_interval=None,
+                                      policy=patient) as conn:
+                await conn.connect()
+                arrived()
+                await trio.sleep_forever()
 
-            async with trio.open_nursery() as clients:
-                profile = cProfile.Profile()
-                profile.enable()
-                start = time.perf_counter()
-                for i in range(n):
-                    clients.start_soon(connector if kind == "connector" else bare, i)
-                await done.wait()
-                profile.disable()
-                elapsed = time.perf_counter() - start
-                clients.cancel_scope.cancel()
-            outer.cancel_scope.cancel()
+        async def bare(i: int) -> None:
+            async with trio_websocket.open_websocket_url(f"{url}?session_id=b{kind}{i}") as ws:
+                await ws.get_message()
+                arrived()
+                await trio.sleep_forever()
+
+        async with trio.open_nursery() as clients:
+            profile = cProfile.Profile()
+            profile.enable()
+            start = time.perf_counter()
+            for i in range(n):
+                clients.start_soon(connector if kind.startswith("connector") else bare, i)
+            await done.wait()
+            profile.disable()
+            elapsed = time.perf_counter() - start
+            clients.cancel_scope.cancel()
         return profile, elapsed
 
-    for kind in ("bare", "connector"):
-        profile, elapsed = trio.run(run, kind)
-        shares = by_package(profile)
-        show(f"{n} {kind} clients until OPEN ({elapsed:.2f} s profiled)", shares, n,
-             "connection")
-        if kind == "connector":
-            # Everything under the lifecycle's events: the engine (built on the first
-            # one), the callbacks it calls, and our glue around them.
-            events = sum(
-                cumtime for (filename, _line, func), (_cc, _nc, _tt, cumtime, _callers)
-                in pstats.Stats(profile).stats.items()  # type: ignore[attr-defined]
-                if filename.endswith("fsm/core/_lifecycle.py") and func == "_send"
-            )
-            total = sum(shares.values())
-            print(f"  of which under ConnectionLifecycle._send (engine built and run): "
-                  f"{events / n * 1e6:.1f} µs  {events / total:6.1%}")
+    with _Server() as server:
+        trio.run(run, server.url, "connector-warm-up")
+        for kind in ("bare", "connector"):
+            profile, elapsed = trio.run(run, server.url, kind)
+            shares = by_package(profile)
+            show(f"{n} {kind} clients until OPEN ({elapsed:.2f} s profiled)", shares, n,
+                 "connection")
+            if kind == "connector":
+                # Everything under the lifecycle's events: the decision cache (or the
+                # shared engine on a miss), the callbacks, and our glue around them.
+                events = sum(
+                    cumtime for (filename, _line, func), (_cc, _nc, _tt, cumtime, _callers)
+                    in pstats.Stats(profile).stats.items()  # type: ignore[attr-defined]
+                    if filename.endswith("fsm/core/_lifecycle.py") and func == "_send"
+                )
+                total = sum(shares.values())
+                print(f"  of which under ConnectionLifecycle._send (decided and run): "
+                      f"{events / n * 1e6:.1f} µs  {events / total:6.1%}")
 
 
 def main() -> None:

@@ -18,12 +18,13 @@ import tempfile
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 import trio
+import trio_websocket
 from selenium import webdriver
 from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
@@ -99,6 +100,7 @@ class Stack:
         self.policy = policy
         self.marimo = marimo
         self.gateway: Gateway | None = None
+        self._nursery: trio.Nursery | None = None
         self._token: trio.lowlevel.TrioToken | None = None
         self._stop: trio.Event | None = None
         self._ready = threading.Event()
@@ -129,6 +131,7 @@ class Stack:
                 marimo=None if self.marimo is None else str(self.marimo),
             )
             await nursery.start(self.gateway.serve)
+            self._nursery = nursery
             self._token = trio.lowlevel.current_trio_token()
             self._ready.set()
             await self._stop.wait()
@@ -160,6 +163,12 @@ class Stack:
     def call(self, fn: Callable[[], T]) -> T:
         """Run ``fn()`` in the servers' trio thread and return its result."""
         return trio.from_thread.run_sync(fn, trio_token=self._token)
+
+    def spawn(self, fn: Callable[[], Awaitable[None]]) -> None:
+        """Start ``fn()`` as a task in the servers' thread (it ends with the servers)."""
+        assert self._nursery is not None
+        nursery = self._nursery
+        self.call(lambda: nursery.start_soon(fn))
 
     def wait(self, predicate: Callable[[KernelServer], bool], timeout: float = WAIT) -> None:
         """Return once ``predicate(server)`` holds (re-checked on every change of the server)."""
@@ -531,6 +540,43 @@ def test_page_reconnects_and_resends(page: Page) -> None:
         stack.wait(lambda s: s.cells.get(cell_id) == "a = 2")
         page.until(lambda: page.marker() == "saved", "the re-sent edit acknowledged")
         assert page.until(lambda: page.output(0), "the run's output") == "a = 2"
+        assert page.console_errors() == []
+
+
+@needs_browser
+def test_a_client_taking_the_session_is_not_fought(page: Page) -> None:
+    """Fenced by a newer client, the page says so, waits, and takes its session back on request."""
+    with page.serve(policy=fast_policy()) as stack:
+        page.driver.get(stack.page_url)
+        page.wait_state("NOT_STARTED")
+        session = page.session_id()
+        assert stack.gateway is not None
+        url = stack.gateway.url_for(session)
+        closed: list[tuple[int | None, str | None]] = []
+
+        async def other_client() -> None:
+            async with trio_websocket.open_websocket_url(url) as ws:
+                await ws.get_message()  # its kernel-ready: it is the session's writer now
+                try:
+                    while True:
+                        await ws.get_message()
+                except trio_websocket.ConnectionClosed as exc:
+                    closed.append((exc.reason.code, exc.reason.reason))
+
+        stack.spawn(other_client)
+        page.until(lambda: page.driver.execute_script("return window.fsmPage.link") == "replaced",
+                   "the page saw it was replaced")
+        banner = page.css("#page-banner")[0]
+        assert banner.is_displayed() and "open in another tab or window" in banner.text
+        assert page.driver.execute_script("return window.fsmPage.linkTimer") is None, (
+            "no reconnect scheduled: two writers must not take the session back and forth"
+        )
+        banner.find_element(By.TAG_NAME, "button").click()  # Use it here
+        page.until(lambda: page.driver.execute_script("return window.fsmPage.ready"),
+                   "the page took its session back")
+        stack.poll(lambda g: bool(closed), "the other client was fenced")
+        assert closed == [(1008, "replaced")]
+        assert not banner.is_displayed()
         assert page.console_errors() == []
 
 

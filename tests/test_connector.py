@@ -1392,3 +1392,43 @@ def test_aclose_during_a_back_off_cancels_the_timer_on_virtual_time() -> None:
     run_on_virtual_time(scenario)
     assert result == {"elapsed": 0.0, "idle": True, "state": CLOSED}
     assert len(protocol.started) == 1
+
+
+class ReadyAtTheDeadline(ReferenceProtocol):
+    """The first attempt's connect time-out expires in the tick its ready frame arrives."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.readies = 0
+
+    async def on_ready(self, link: Link, frame: Frame) -> None:
+        self.readies += 1
+        if self.readies == 1:
+            # A schedule point that delivers no cancellation: the run loop expires the
+            # deadline (cancel_called becomes true) while the task holds its ready frame.
+            link.scope.deadline = trio.current_time()
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            assert link.scope.cancel_called
+        await super().on_ready(link, frame)
+
+
+async def test_a_ready_frame_at_the_connect_deadline_fails_the_attempt_instead_of_a_drop() -> (
+    None
+):
+    """An attempt whose time-out fired as kernel-ready arrived fails; the next one opens."""
+    protocol = ReadyAtTheDeadline()
+    with trio.fail_after(LIMIT):
+        async with serving() as server, connector(server, protocol=protocol) as conn:
+            stream = conn.transitions()
+            conn.edit("cell-1", "x = 1")
+            await conn.connect()
+            await conn.wait_acked()
+            records = []
+            async for change in stream:
+                records.append(change)
+                if change.target is ConnState.OPEN:
+                    break
+            assert server.cells["cell-1"] == "x = 1"
+    assert [t.event for t in records] == ["connect", "fail", "retry", "ready"]
+    assert "timed out" in (records[1].cause or "")
+    assert protocol.readies == 2

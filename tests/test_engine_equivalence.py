@@ -344,3 +344,25 @@ def test_one_lifecycle_used_from_two_threads_at_once_stays_consistent(
     # Every successful fail scheduled one back-off, every retry dialed the next attempt.
     assert sorted(e[0].attempt for e in effects["fail"]) == list(range(1, counts["fail"] + 1))
     assert sorted(e[0].attempt for e in effects["retry"]) == list(range(2, counts["retry"] + 2))
+
+
+def test_an_event_sent_from_inside_a_step_is_decided_by_a_private_engine() -> None:
+    """A callback that drives another lifecycle mid-step gets that event decided correctly."""
+    other = ConnectionLifecycle(RetryPolicy(), random.Random(1), log_transitions=False)
+    nested: list[Any] = []
+
+    class Meddling(random.Random):
+        def random(self) -> float:
+            if not nested:  # the first jitter draw, inside the shared engine's step
+                nested.append(other.connect())
+            return super().random()
+
+    lc = ConnectionLifecycle(RetryPolicy(), Meddling(0), log_transitions=False)
+    reference = ConnectionLifecycle(RetryPolicy(), random.Random(1), log_transitions=False)
+    reference.machine  # noqa: B018 - builds its own engine
+    expected = reference.connect()
+    effects = lc.connect()
+    assert nested == [expected] and other.state is reference.state
+    assert state_of(other) == state_of(reference)
+    assert [type(e).__name__ for e in effects] == ["Dial"] and lc.phase is Phase.DIALING
+    assert lc._machine is None and other._machine is None

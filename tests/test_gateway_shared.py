@@ -19,6 +19,8 @@ from hypothesis import strategies as st
 import fsm
 from fsm import ConnState
 from fsm.connector import Connector, StreamOpener
+from fsm.core._frames import Frame
+from fsm.gateway import Gateway
 from fsm.server import KernelServer
 from fsm.servers.gateway._shared import GatePolicy, UpstreamGate
 
@@ -407,3 +409,102 @@ def test_closing_a_gated_dial_frees_its_slot_at_once() -> None:
         assert gate.in_flight == 0 and gate.waiting == 0
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+# -- the gate inside a gateway -------------------------------------------------------------
+
+GATEWAY_SESSIONS = 40
+
+
+def run_gateway_outage(upstream_gate: GatePolicy | bool) -> dict[str, object]:
+    """40 clients behind one Gateway (in-memory streams both ways, MockClock) whose
+    upstream refuses every handshake (HTTP 503) for 20 s, then heals: what it saw."""
+    seen: dict[str, object] = {}
+
+    async def main() -> None:
+        server = KernelServer(handshake_timeout=30.0)
+        server.faults.refuse_handshakes = 10**9
+        async with trio.open_nursery() as nursery:
+
+            async def to_server(host: str, port: int, secure: bool) -> trio.abc.Stream:
+                client, server_side = trio.testing.memory_stream_pair()
+                nursery.start_soon(server.handle_stream, server_side)
+                return client
+
+            gateway = Gateway(
+                "ws://kernel.invalid/ws", heartbeat_interval=None, open_stream=to_server,
+                upstream_gate=upstream_gate,
+            )
+            await nursery.start(gateway.serve)
+
+            async def to_gateway(host: str, port: int, secure: bool) -> trio.abc.Stream:
+                client, server_side = trio.testing.memory_stream_pair()
+                nursery.start_soon(gateway.handle_stream, server_side)
+                return client
+
+            async with contextlib.AsyncExitStack() as stack:
+                conns = []
+                for i in range(GATEWAY_SESSIONS):
+                    conn = await stack.enter_async_context(fsm.open_connector(
+                        gateway.url, session_id=f"gw-{i}", heartbeat_interval=None,
+                        open_stream=to_gateway, rng=random.Random(i),
+                    ))
+                    conn.edit(f"gw-{i}-c", f"x = {i}")
+                    conns.append(conn)
+                with trio.fail_after(60):
+                    for conn in conns:
+                        await conn.connect()  # the client's connection to the gateway
+                        await conn.request("run", {"cell_id": "none"})  # starts its upstream
+                await trio.sleep(20)
+                seen["handshakes_refused"] = server.handshakes
+                upstream_frames = [
+                    frame.data for frame in _drain(conns[-1]) if frame.op == "upstream"
+                ]
+                seen["deferred_frames"] = [
+                    f for f in upstream_frames
+                    if f["phase"] == "BACKING_OFF" and f["attempts"] == 0
+                ]
+                seen["max_attempts_seen"] = max(f["attempts"] for f in upstream_frames)
+                server.faults.refuse_handshakes = 0
+                with trio.fail_after(600):
+                    for conn in conns:
+                        await conn.wait_acked()  # acked by the gateway: the kernel has it
+                seen["cells"] = dict(server.cells)
+                seen["counts"] = gateway.status()["counts"]
+            await gateway.shutdown()
+            nursery.cancel_scope.cancel()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    return seen
+
+
+def _drain(conn: Connector) -> list[Frame]:
+    channel = conn.messages()
+    frames = []
+    while True:
+        try:
+            frames.append(channel.receive_nowait())
+        except trio.WouldBlock:
+            return frames
+
+
+def test_gateway_sessions_share_one_view_of_their_upstream() -> None:
+    """Inside a Gateway the gate is on by default: 40 sessions against a refusing upstream
+    cost it a handful of handshakes instead of hundreds, a client sees its session's
+    upstream BACKING_OFF with the gate's delay and no attempt counted, and once the
+    upstream heals every session is OPEN with its edit in the kernel."""
+    shared = run_gateway_outage(True)
+    alone = run_gateway_outage(False)
+    policy = GatePolicy()
+    probes = sum(
+        1 for n in range(1, 100)
+        if sum(policy.probe.nominal_delay(k) * 0.8 for k in range(1, n)) < 20
+    )
+    assert shared["handshakes_refused"] <= policy.max_in_flight + probes
+    assert alone["handshakes_refused"] >= 5 * GATEWAY_SESSIONS  # each retries on its own
+    deferred = shared["deferred_frames"]
+    assert isinstance(deferred, list) and deferred
+    assert all(f["delay"] is not None and f["delay"] > 0 for f in deferred)
+    for seen in (shared, alone):
+        assert seen["counts"] == {"OPEN": GATEWAY_SESSIONS}
+        assert seen["cells"] == {f"gw-{i}-c": f"x = {i}" for i in range(GATEWAY_SESSIONS)}

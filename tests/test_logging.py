@@ -176,6 +176,22 @@ def test_giving_up_and_rejection_are_warnings() -> None:
     ]
 
 
+def test_a_cycle_ended_by_an_error_in_the_client_is_a_warning() -> None:
+    """Entering CLOSED(ERROR) (an rng whose draw is outside [0, 1)) logs at warning level."""
+
+    class Broken:
+        def random(self) -> float:
+            return 2.0
+
+    lc = ConnectionLifecycle(RetryPolicy(), Broken())  # type: ignore[arg-type]
+    with capture_logs() as logs:
+        lc.connect()
+        lc.fail("refused")
+    closing = [e for e in logs if e["event"] == "fail"]
+    assert closing == [closing[0]] and closing[0]["reason"] == "ERROR"
+    assert closing[0]["log_level"] == "warning"
+
+
 def test_refused_events_log_nothing() -> None:
     """An invalid event, a request while CLOSED or a stale retry logs nothing."""
     lc = make()

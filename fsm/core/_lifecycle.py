@@ -150,6 +150,7 @@ _CLOSED: Final = ConnState.CLOSED
 _BACKING_OFF: Final = Phase.BACKING_OFF
 _GAVE_UP: Final = CloseReason.GAVE_UP
 _REJECTED: Final = CloseReason.REJECTED
+_ERROR: Final = CloseReason.ERROR
 _INFO: Final = logging.INFO
 _WARNING: Final = logging.WARNING
 
@@ -195,7 +196,7 @@ class TransitionLogger:
         if type(logger) is LibraryLogger:
             logger = logger.current()  # resolved once per line, not per call below
         warn = change.source is not _CLOSED and (
-            change.reason is _GAVE_UP or change.reason is _REJECTED
+            change.reason is _GAVE_UP or change.reason is _REJECTED or change.reason is _ERROR
         )
         # structlog's filtering loggers (and stdlib ones, via structlog.stdlib) say
         # whether a level is on; building the fields of a dropped line is wasted work.

@@ -704,6 +704,12 @@ class Connector:
                     # Abandoned while its ready frame was on the way (a cancellation is
                     # only delivered at the next checkpoint): a newer cycle owns the state.
                     return
+                if link.scope.cancel_called:
+                    # The connect time-out fired in the tick the ready frame arrived:
+                    # lifting the deadline cannot take back a cancellation already
+                    # delivered, so the attempt ends as timed out, not as an OPEN link
+                    # that drops at its first checkpoint.
+                    return
                 link.scope.deadline = math.inf
                 link.opened_at = trio.current_time()
                 if link.gated:

@@ -56,7 +56,8 @@ if TYPE_CHECKING:
 
 __all__ = ["GatePolicy", "UpstreamGate"]
 
-#: The shared probe schedule: gRPC's multiplier and ±0.2 jitter, a short cap (one probe
+#: The shared probe schedule: gRPC's multiplier, jitter 0.2 (gateway processes probing one
+#: host drift apart; each wait is 80-100 % of nominal), a short cap (one probe
 #: every few seconds is nothing for a host, and bounds how late the fleet learns it is
 #: back), and no give-up (sessions give up on their own attempts).
 DEFAULT_PROBE: Final = RetryPolicy(
