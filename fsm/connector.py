@@ -6,16 +6,10 @@ and its link, the sender, the heartbeat and the streams have modules of their ow
 
 from __future__ import annotations
 
-from fsm.driver._connector import (
-    Connector,
-    DialGate,
-    Link,
-    MessageStream,
-    StreamOpener,
-    TransitionStream,
-    open_connector,
-    open_tcp,
-)
+from fsm.driver._connector import Connector, DialGate, open_connector
+from fsm.driver._link import Link
+from fsm.driver._streams import MessageStream, TransitionStream
+from fsm.driver._transport import StreamOpener, open_tcp
 
 __all__ = [
     "Connector",

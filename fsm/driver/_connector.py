@@ -1,4 +1,4 @@
-"""The trio driver: executes the lifecycle's effects over trio-websocket.
+"""The trio driver's public API: :func:`open_connector` and the :class:`Connector`.
 
 Theory of operation
 -------------------
@@ -7,10 +7,11 @@ The :class:`~fsm.ConnectionLifecycle` decides; the :class:`Connector` acts. Ever
 event method of the lifecycle returns effects, and :meth:`Connector._apply`
 carries them out:
 
-- ``Dial`` starts a :class:`Link` task: one attempt (adapter ``prepare``, the
+- ``Dial`` starts a link task (:mod:`fsm.driver._attempt`): one attempt (adapter ``prepare``, the
   WebSocket handshake, the ready frame) under one cancel scope whose deadline is
   the connect time-out. When the ready frame arrives the deadline is lifted and
-  the same task serves the open connection (a reader, a sender and a heartbeat).
+  the same task serves the open connection (a reader, the sender of
+  :mod:`fsm.driver._sender` and the heartbeat of :mod:`fsm.driver._heartbeat`).
   When the task ends, the way it ended becomes **exactly one** lifecycle event
   (``fail``, ``drop``, ``reject``, ``shutdown`` or ``close_finished``), unless
   the lifecycle abandoned it first. Unexpected exceptions are caught, logged and
@@ -22,6 +23,13 @@ carries them out:
   marker in the outbox has the sender take every edit not sent yet (``take_unsent``).
 - ``HangUp`` closes gracefully (the link's deadline becomes ``close_timeout``) or
   abandons the attempt or timer in flight.
+
+The connector is the hub the other modules report to: frames that arrive go through
+it (acks to the lifecycle, other messages to its streams, :mod:`fsm.driver._streams`),
+and so does every outcome (``_report``). The link (:mod:`fsm.driver._link`), how a link
+ended (:mod:`fsm.driver._outcomes`) and the socket under the WebSocket
+(:mod:`fsm.driver._transport`) have modules of their own; the public path is
+:mod:`fsm.connector`.
 
 Nothing runs before the first ``connect()`` or ``request()``: the connector's
 nursery holds no task, no socket and no timer until then (lazy by default).
@@ -36,24 +44,17 @@ import random
 import secrets
 import ssl
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from http import HTTPStatus
-from typing import Any, Final, Generic, Protocol, TypeVar
-from urllib.parse import urlsplit
+from typing import Any, Final, Protocol
 
 import sniffio
 import trio
-import trio_websocket
 
 from fsm.adapters._base import (
-    AttemptFailed,
-    AttemptRejected,
     KernelProtocol,
-    Verdict,
     check_session_id,
     normalise_url,
-    retry_after_seconds,
 )
 from fsm.adapters._reference import ReferenceProtocol
 from fsm.core._buffer import DEFAULT_EDIT_LIMIT
@@ -62,250 +63,21 @@ from fsm.core._errors import (
     ConnectionFailed,
     InvalidTransition,
     LifecycleError,
-    NotConnected,
-    RequestFailed,
 )
-from fsm.core._frames import MAX_FRAME_SIZE, BadFrame, Frame, decode_frame, encode_frame
+from fsm.core._frames import BadFrame, Frame, decode_frame
 from fsm.core._lifecycle import ConnectionLifecycle
 from fsm.core._logging import get_logger
 from fsm.core._policy import RetryPolicy
-from fsm.core._redact import describe, redact, redact_url
+from fsm.core._redact import redact_url
 from fsm.core._types import CloseReason, ConnState, Phase, Transition
+from fsm.driver._attempt import _RELEASE_TIMEOUT, run_link
+from fsm.driver._link import _CLOSE, _SEND_UNSENT, Link, _lost_before_sent, _Request
+from fsm.driver._streams import MessageStream, TransitionStream
+from fsm.driver._transport import StreamOpener, _check_headers, open_tcp
 
-__all__ = [
-    "Connector",
-    "DialGate",
-    "Link",
-    "MessageStream",
-    "StreamOpener",
-    "TransitionStream",
-    "open_connector",
-    "open_tcp",
-]
-
-# trio-websocket closes the socket (1009) above this; our decoder refuses (and
-# logs) frames above MAX_FRAME_SIZE, so frames in between are skipped, not fatal.
-_TRANSPORT_MAX_MESSAGE = 4 * MAX_FRAME_SIZE
-# Hooks that free resources run shielded but must still end.
-_RELEASE_TIMEOUT = 2.0
-
-
-class _Request:
-    __slots__ = ("data", "done", "error", "op", "result")
-
-    def __init__(self, op: str, data: Any) -> None:
-        self.op = op
-        self.data = data
-        self.done = trio.Event()
-        self.error: BaseException | None = None
-        self.result: Any = None
-
-
-class _CloseCommand:
-    __slots__ = ()
-
-
-class _SendUnsent:
-    __slots__ = ()
-
+__all__ = ["Connector", "DialGate", "open_connector"]
 
 _OPEN: Final = ConnState.OPEN  # a module global: the enum attribute costs ~200 ns per edit
-_CLOSE = _CloseCommand()
-# Posted once for any number of edits made while OPEN: the sender takes them all from
-# the buffer when it gets there, so a cell typed into meanwhile goes out once, latest.
-_SEND_UNSENT = _SendUnsent()
-_Outgoing = Flush | _Request | _CloseCommand | _SendUnsent
-
-
-class Link:
-    """One attempt and, once ready, the open connection it became.
-
-    Adapters use :meth:`send_frame`, :meth:`acknowledge`, ``session_id``,
-    ``url`` (as given to :func:`open_connector`) and ``context`` (a dict for
-    their own per-link state).
-    """
-
-    def __init__(self, connector: Connector, attempt: int) -> None:
-        self.connector = connector
-        self.attempt = attempt
-        self.session_id = connector.session_id
-        self.url = connector.url
-        self.context: dict[str, Any] = {}
-        self.ws: trio_websocket.WebSocketConnection | None = None
-        self.scope = trio.CancelScope()
-        self.outbox_send, self.outbox_receive = trio.open_memory_channel[_Outgoing](math.inf)
-        self.opened_at: float | None = None
-        self.unsent_posted = False  # a _SEND_UNSENT is in the outbox
-        self.abandoned = False
-        self.closing = False
-        #: Seconds a refused handshake's ``Retry-After`` asked to wait, if it did.
-        self.retry_after: float | None = None
-        self.gated = False  # admitted by a dial gate that has not heard how it ended
-        # How the link ended: (lifecycle event, cause); the first cause recorded wins.
-        self.end: tuple[str, BaseException | str] | None = None
-
-    async def send_frame(self, op: str, data: Any) -> None:
-        """Send one protocol frame on this link's WebSocket."""
-        if self.ws is None:
-            raise NotConnected("the link has no WebSocket yet")
-        await self.ws.send_message(encode_frame(op, data))
-
-    def acknowledge(self, seq: int) -> None:
-        """Mark ``seq`` acknowledged (for adapters whose acks are not frames)."""
-        self.connector._on_ack(seq)
-
-    def post(self, item: _Outgoing) -> bool:
-        """Queue ``item`` for the sender; False if the outbox is closed.
-
-        A closed outbox means the link is lost and being released: a buffered edit
-        waits for the next flush, and the link reports how it ended on its own.
-        """
-        try:
-            self.outbox_send.send_nowait(item)
-        except trio.ClosedResourceError:
-            return False
-        return True
-
-    def set_end(self, event: str, cause: BaseException | str) -> None:
-        if self.end is None:
-            self.end = (event, cause)
-
-    @property
-    def is_lost(self) -> bool:
-        """Whether the link already ended in a retryable loss (``fail`` or ``drop``)."""
-        return self.end is not None and self.end[0] in ("fail", "drop")
-
-    def lost(self, cause: BaseException | str) -> None:
-        """The link failed in a retryable way: ``fail`` while dialing, ``drop`` once open."""
-        self.set_end("fail" if self.opened_at is None else "drop", cause)
-
-
-_T = TypeVar("_T")
-
-
-class _Feed(Generic[_T]):
-    """A bounded, weakly held subscription: what a consumer has not read yet.
-
-    The connector holds its feeds in a ``WeakSet``, so a feed the application dropped
-    (an ``async for`` left by ``break``, a cancelled task) is freed with its buffer and
-    stops receiving at once; a feed still referenced but not read holds at most
-    ``maxlen`` items. Pushing never blocks and never waits for a consumer.
-    """
-
-    def __init__(self, maxlen: int, *, drop_oldest: bool) -> None:
-        self._buffer: collections.deque[_T] = collections.deque()
-        self._maxlen = maxlen
-        self._drop_oldest = drop_oldest
-        self._closed = False
-        self._wakeup: trio.Event | None = None
-        #: Items this stream lost because its consumer fell ``maxlen`` items behind.
-        self.dropped = 0
-
-    def __len__(self) -> int:
-        """How many items are buffered, unread."""
-        return len(self._buffer)
-
-    def _push(self, item: _T) -> bool:
-        """Buffer ``item``; False if the buffer was full and an item was dropped."""
-        if self._closed:
-            return True
-        buffer = self._buffer
-        kept = True
-        if len(buffer) >= self._maxlen:
-            self.dropped += 1
-            kept = False
-            if not self._drop_oldest:
-                return False
-            buffer.popleft()
-        buffer.append(item)
-        wakeup, self._wakeup = self._wakeup, None
-        if wakeup is not None:
-            wakeup.set()
-        return kept
-
-    def _end(self) -> None:
-        """No more items: a consumer gets what is buffered, then the end."""
-        self._closed = True
-        wakeup, self._wakeup = self._wakeup, None
-        if wakeup is not None:
-            wakeup.set()
-
-    def receive_nowait(self) -> _T:
-        """The next item; ``trio.WouldBlock`` if none is buffered, ``trio.EndOfChannel``
-        once the stream has ended."""
-        if self._buffer:
-            return self._buffer.popleft()
-        if self._closed:
-            raise trio.EndOfChannel
-        raise trio.WouldBlock
-
-    async def receive(self) -> _T:
-        """The next item, waiting for it; ``trio.EndOfChannel`` once the stream has ended."""
-        await trio.lowlevel.checkpoint_if_cancelled()
-        if not self._buffer:
-            while not self._buffer:
-                if self._closed:
-                    raise trio.EndOfChannel
-                if self._wakeup is None:
-                    self._wakeup = trio.Event()
-                await self._wakeup.wait()
-            return self._buffer.popleft()
-        item = self._buffer.popleft()
-        # A schedule point that cannot lose the item, as trio's memory channels do.
-        await trio.lowlevel.cancel_shielded_checkpoint()
-        return item
-
-    def __aiter__(self) -> _Feed[_T]:
-        return self
-
-    async def __anext__(self) -> _T:
-        try:
-            return await self.receive()
-        except trio.EndOfChannel:
-            raise StopAsyncIteration from None
-
-    async def aclose(self) -> None:
-        """Stop receiving; what was buffered is dropped."""
-        self._buffer.clear()
-        self._end()
-        await trio.lowlevel.checkpoint()
-
-    async def __aenter__(self) -> _Feed[_T]:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
-
-
-class TransitionStream(_Feed[Transition]):
-    """An async iterator of :class:`~fsm.Transition` records, from its creation on.
-
-    For a slow consumer it keeps the newest ``maxlen`` records (default 1,000) and drops
-    the oldest, counting them in :attr:`dropped`: the latest state is the one that
-    matters. A stream the application no longer references is freed and stops receiving.
-    """
-
-    def __init__(self, connector: Connector, maxlen: int = 1_000) -> None:
-        super().__init__(maxlen, drop_oldest=True)
-        connector._subscribers.add(self)
-        if not connector._running:
-            self._end()
-
-
-class MessageStream(_Feed[Frame]):
-    """An async iterator of decoded server messages, from its creation on; see
-    :meth:`Connector.messages`."""
-
-    def __init__(self, connector: Connector, maxlen: int) -> None:
-        super().__init__(maxlen, drop_oldest=False)
-        backlog = connector._backlog
-        if backlog and not connector._message_streams:
-            # Messages that arrived while nobody listened go to the first listener.
-            self._buffer.extend(backlog)
-            backlog.clear()
-        connector._message_streams.add(self)
-        if not connector._running:
-            self._end()
 
 
 class Connector:
@@ -585,7 +357,7 @@ class Connector:
         link.gated = gate is not None
         self._link = link
         self.stats["dials"] += 1
-        self._nursery.start_soon(self._run_link, link, effect.timeout)
+        self._nursery.start_soon(run_link, self, link, effect.timeout)
 
     def _start_timer(self, delay: float) -> None:
         assert self._nursery is not None
@@ -635,320 +407,6 @@ class Connector:
 
     # -- one link: attempt, then open connection --------------------------------------
 
-    async def _run_link(self, link: Link, timeout: float) -> None:
-        link.scope.deadline = trio.current_time() + timeout
-        interrupted = True  # until the link's own scope is left normally
-        try:
-            with link.scope:
-                await self._dial_and_serve(link)
-            interrupted = False
-        finally:
-            # Also when the task itself is cancelled from outside (the connector's
-            # nursery is being cancelled): the lifecycle must still hear how the link
-            # ended, or a pending aclose() would wait for a close that never reports.
-            self._fail_waiting_requests(link)
-            with trio.CancelScope(shield=True), trio.move_on_after(_RELEASE_TIMEOUT):
-                try:
-                    await self.protocol.release(link)
-                except Exception as exc:
-                    self._log.warning("release_failed", cause=redact(describe(exc)))
-            if link.end is None:
-                if interrupted:
-                    cause = "the connection task was cancelled"
-                    if link.closing:
-                        link.set_end("close_finished", cause)
-                    else:
-                        link.lost(cause)
-                elif link.closing:
-                    link.set_end(
-                        "close_finished", f"close timed out after {self.close_timeout:g} s"
-                    )
-                elif link.opened_at is None:
-                    link.lost(f"attempt timed out after {timeout:g} s")
-            if link.gated:
-                link.gated = False
-                failed = not link.abandoned and link.end is not None and link.end[0] == "fail"
-                assert self._dial_gate is not None
-                self._dial_gate.finished(self, trio.current_time(), False if failed else None)
-            self._finish_link(link)
-
-    def _finish_link(self, link: Link) -> None:
-        if link.abandoned or self._link is not link:
-            return
-        self._link = None
-        event, cause = link.end if link.end is not None else ("", "ended without a cause")
-        if link.closing:
-            self._report(self._lc.close_finished)
-        elif event == "reject":
-            self._report(self._lc.reject, cause)
-        elif event == "shutdown":
-            self._report(self._lc.shutdown, cause)
-        elif link.opened_at is None:
-            self._report(self._lc.fail, cause, retry_after=link.retry_after)
-        else:
-            uptime = trio.current_time() - link.opened_at
-            self._report(self._lc.drop, uptime, cause)
-
-    async def _dial_and_serve(self, link: Link) -> None:
-        try:
-            await self.protocol.prepare(link)
-            ws_url = self.protocol.websocket_url(self.url, self.session_id)
-            async with self._open_websocket(link, ws_url) as ws:
-                link.ws = ws
-                frame = await self._await_ready(link, ws)
-                await self.protocol.on_ready(link, frame)
-                # is_ready() checked these; kernel-ready's seq and frame limit (protocol v2).
-                seq, max_frame_size = self.protocol.ready_info(frame)
-                del frame  # it can hold every cell's code; the adapter kept what it needs
-                if link.abandoned or self._link is not link:
-                    # Abandoned while its ready frame was on the way (a cancellation is
-                    # only delivered at the next checkpoint): a newer cycle owns the state.
-                    return
-                if link.scope.cancel_called:
-                    # The connect time-out fired in the tick the ready frame arrived:
-                    # lifting the deadline cannot take back a cancellation already
-                    # delivered, so the attempt ends as timed out, not as an OPEN link
-                    # that drops at its first checkpoint.
-                    return
-                link.scope.deadline = math.inf
-                link.opened_at = trio.current_time()
-                if link.gated:
-                    link.gated = False
-                    assert self._dial_gate is not None
-                    self._dial_gate.finished(self, link.opened_at, True)
-                self._report(self._lc.ready, seq, max_frame_size)
-                if self._link is link:
-                    await self._serve(link, ws)
-        except AttemptRejected as exc:
-            link.set_end("reject", redact(str(exc)))
-        except AttemptFailed as exc:
-            link.lost(redact(str(exc)))
-        except trio_websocket.ConnectionRejected as exc:
-            self._rejected_handshake(link, ws_url, exc)
-        except trio_websocket.ConnectionClosed as exc:
-            self._closed(link, exc)
-        except trio_websocket.HandshakeError as exc:
-            link.lost(_root_cause(exc.__cause__ or exc))
-        except OSError as exc:
-            # The exception itself, so that ConnectionFailed can chain it (its __cause__);
-            # the lifecycle redacts it for log lines and Transition records.
-            link.lost(_root_cause(exc))
-        except Exception as exc:
-            if _is_wire_protocol_error(exc) and not link.closing:
-                # h11/wsproto refused what the server sent (trio-websocket 0.12.2 lets
-                # these escape): a broken peer, not a bug of ours.
-                what = "invalid handshake answer" if link.opened_at is None else "protocol error"
-                link.lost(f"{what}: {redact(describe(exc))}")
-            elif link.closing:  # e.g. a Pong arriving during aclose() (DESIGN.md section 9)
-                self._log.debug("close_error", cause=redact(describe(exc)))
-                link.set_end("close_finished", "closed by the client")
-            else:
-                self._log.error(
-                    "unexpected_error", cause=redact(describe(exc)), attempt=link.attempt
-                )
-                link.lost(redact(describe(exc)))
-
-    @asynccontextmanager
-    async def _open_websocket(
-        self, link: Link, ws_url: str
-    ) -> AsyncIterator[trio_websocket.WebSocketConnection]:
-        """One WebSocket over a TCP stream that this connector owns and always closes.
-
-        trio-websocket 0.12.2 leaves the socket open when a handshake is refused or
-        cancelled (it is closed only when the garbage collector finds it), so the
-        stream is opened here, the reader runs in a nursery of its own, and the
-        stream is closed on every way out. The link's own deadline bounds the
-        handshake. A link already known to be lost (no pong, a send failed) is not
-        closed politely: waiting for a close handshake on a dead connection would
-        only delay the reconnect.
-        """
-        host, port, resource, secure = _websocket_target(ws_url)
-        stream = await self._open_stream(host, port, secure)
-        default_port = 443 if secure else 80
-        host_header = f"[{host}]" if ":" in host else host
-        if port != default_port:
-            host_header = f"{host_header}:{port}"
-        body_error: BaseException | None = None
-        try:
-            async with trio.open_nursery() as nursery:
-                ws = await trio_websocket.wrap_client_stream(
-                    nursery,
-                    stream,  # type: ignore[arg-type]  # any trio Stream works; typed narrowly
-                    host_header,
-                    resource,
-                    extra_headers=self.protocol.extra_headers() + self._extra_headers,
-                    message_queue_size=64,
-                    max_message_size=_TRANSPORT_MAX_MESSAGE,
-                )
-                try:
-                    yield ws
-                except BaseException as exc:
-                    body_error = exc
-                    raise
-                finally:
-                    try:
-                        if not link.is_lost:
-                            with trio.move_on_after(self.close_timeout):
-                                await ws.aclose()
-                    finally:
-                        nursery.cancel_scope.cancel()
-        except BaseExceptionGroup as group:
-            # Re-raise the one exception that matters, so that callers can catch it
-            # by type: the body's own, else the reader's (a refused handshake, say).
-            raise _single_exception(group, body_error) from None
-        finally:
-            await trio.aclose_forcefully(stream)
-
-    def _rejected_handshake(
-        self, link: Link, ws_url: str, exc: trio_websocket.ConnectionRejected
-    ) -> None:
-        """A refused handshake: fatal or retried by its status (DESIGN.md section 6)."""
-        status = exc.status_code
-        verdict = self.protocol.classify_status(status)
-        where = redact_url(ws_url)
-        phrase = _status_phrase(status)
-        if verdict is Verdict.REJECT:
-            hint = _STATUS_HINTS.get(status, "retrying cannot help")
-            cause = f"{where} answered the WebSocket handshake with HTTP {status}{phrase}: {hint}"
-        else:
-            cause = f"handshake refused with HTTP {status}{phrase} by {where}"
-            for name, value in exc.headers:
-                if name.lower() == b"retry-after":
-                    link.retry_after = retry_after_seconds(value)
-        self._classify(link, verdict, cause)
-
-    def _classify(self, link: Link, verdict: Verdict, cause: str) -> None:
-        if verdict is Verdict.REJECT:
-            link.set_end("reject", cause)
-        elif verdict is Verdict.SHUTDOWN:
-            link.set_end("shutdown", cause)
-        else:
-            link.lost(cause)
-
-    def _closed(self, link: Link, exc: trio_websocket.ConnectionClosed) -> None:
-        code = getattr(exc.reason, "code", None)
-        reason = getattr(exc.reason, "reason", None)
-        cause = f"closed with code {code}" + (f" ({redact(reason)})" if reason else "")
-        if not _peer_closed(link.ws):
-            # The client's own transport closed (1007 for invalid UTF-8, 1009 for a message
-            # over its limit, 1006 for a lost socket): what the server sent was broken, the
-            # server refused nothing. Retried like any loss.
-            link.lost(cause)
-            return
-        self._classify(link, self.protocol.classify_close(code, reason), cause)
-
-    async def _await_ready(
-        self, link: Link, ws: trio_websocket.WebSocketConnection
-    ) -> Frame:
-        while True:
-            frame = self._decode(await ws.get_message())
-            if frame is None:
-                continue
-            ready = self._is_ready(frame)
-            if ready:
-                return frame
-            if ready is not None:
-                self._on_frame(link, frame)
-
-    async def _serve(self, link: Link, ws: trio_websocket.WebSocketConnection) -> None:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._sender, link, ws, nursery.cancel_scope)
-            if self.heartbeat_interval is not None:
-                nursery.start_soon(self._heartbeat, link, ws, nursery.cancel_scope)
-            finishing_close = False
-            try:
-                while True:
-                    frame = self._decode(await ws.get_message())
-                    if frame is None:
-                        continue
-                    ready = self._is_ready(frame)
-                    if ready:
-                        self._bad_frame("a second ready frame while open")
-                    elif ready is not None:
-                        self._on_frame(link, frame)
-            except trio_websocket.ConnectionClosed as exc:
-                if link.closing:
-                    # Our own close started (aclose() ends the message stream at once):
-                    # let the sender finish the close handshake, which the link's
-                    # close_timeout bounds; the sender ends this nursery when done.
-                    finishing_close = True
-                else:
-                    self._closed(link, exc)
-            finally:
-                if not finishing_close:
-                    nursery.cancel_scope.cancel()
-
-    async def _sender(
-        self, link: Link, ws: trio_websocket.WebSocketConnection, done: trio.CancelScope
-    ) -> None:
-        try:
-            async for item in link.outbox_receive:
-                if isinstance(item, Flush):
-                    await self.protocol.flush(link, item.batch)
-                elif item is _SEND_UNSENT:
-                    link.unsent_posted = False  # edits made during the sends post anew
-                    for edit in self._lc.take_unsent():
-                        await self.protocol.send_edit(link, edit)
-                elif isinstance(item, _Request):
-                    answered = False
-                    try:
-                        item.result = await self.protocol.request(link, item.op, item.data)
-                        answered = True
-                    except (AttemptFailed, AttemptRejected, ValueError) as exc:
-                        item.error = RequestFailed(
-                            f"request {item.op!r} failed: {redact(str(exc))}"
-                        )
-                    finally:
-                        # Out of the outbox already: whatever else ends this send (a lost
-                        # link, a cancellation) must still wake the caller.
-                        if not answered and item.error is None:
-                            item.error = _lost_before_sent(item.op)
-                        item.done.set()
-                else:
-                    await ws.aclose(1000, "client closing")
-                    link.set_end("close_finished", "closed by the client")
-                    done.cancel()
-                    return
-        except trio_websocket.ConnectionClosed as exc:
-            self._closed(link, exc)
-            done.cancel()
-        except AttemptRejected as exc:
-            link.set_end("reject", redact(str(exc)))
-            done.cancel()
-        except (AttemptFailed, OSError) as exc:
-            link.lost(redact(describe(exc)))
-            done.cancel()
-        except Exception as exc:
-            self._log.error("unexpected_error", cause=redact(describe(exc)), task="sender")
-            link.lost(redact(describe(exc)))
-            done.cancel()
-
-    async def _heartbeat(
-        self, link: Link, ws: trio_websocket.WebSocketConnection, done: trio.CancelScope
-    ) -> None:
-        assert self.heartbeat_interval is not None
-        try:
-            while True:
-                await trio.sleep(self.heartbeat_interval)
-                with trio.move_on_after(self.heartbeat_timeout) as waited:
-                    await ws.ping()
-                if waited.cancelled_caught:
-                    link.lost(f"no pong within {self.heartbeat_timeout:g} s")
-                    done.cancel()
-                    return
-        except trio_websocket.ConnectionClosed:
-            return  # the reader reports how it closed
-
-    def _fail_waiting_requests(self, link: Link) -> None:
-        link.outbox_send.close()
-        while True:
-            try:
-                item = link.outbox_receive.receive_nowait()
-            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
-                break
-            if isinstance(item, _Request) and not item.done.is_set():
-                item.error = _lost_before_sent(item.op)
-                item.done.set()
 
     # -- frames -----------------------------------------------------------------------------
 
@@ -1057,10 +515,6 @@ class Connector:
         self._backlog.clear()
 
 
-#: Opens the byte stream one WebSocket runs over: ``(host, port, secure) -> Stream``.
-StreamOpener = Callable[[str, int, bool], Awaitable[trio.abc.Stream]]
-
-
 class DialGate(Protocol):
     """What a connector asks before every attempt when it shares an upstream with
     others (``dial_gate=``); :class:`fsm.gateway.UpstreamGate` is the one that ships.
@@ -1076,30 +530,6 @@ class DialGate(Protocol):
     def finished(self, session: Connector, now: float, ok: bool | None) -> None: ...
 
     def forget(self, session: Connector) -> None: ...
-
-
-async def open_tcp(
-    host: str, port: int, secure: bool, *, ssl_context: ssl.SSLContext | None = None
-) -> trio.abc.Stream:
-    """The default :data:`StreamOpener`: TCP, with TLS for ``wss://`` (``ssl_context``,
-    or the system's default trust store when it is None)."""
-    if secure:
-        context = ssl_context if ssl_context is not None else ssl.create_default_context()
-        stream = await trio.open_ssl_over_tcp_stream(
-            host, port, ssl_context=context, https_compatible=True
-        )
-        try:
-            # Now, not on the first send: a certificate the context does not trust is
-            # then this attempt's error (an ssl.SSLError, an OSError), not a hang that
-            # ends in the connect time-out.
-            await stream.do_handshake()
-        except trio.BrokenResourceError as exc:
-            await trio.aclose_forcefully(stream)
-            if isinstance(exc.__cause__, ssl.SSLError):
-                raise exc.__cause__ from None
-            raise OSError(f"TLS handshake with {host}:{port} failed: {exc}") from exc
-        return stream
-    return await trio.open_tcp_stream(host, port)
 
 
 def _refuse_asyncio() -> None:
@@ -1123,107 +553,6 @@ def _not_running() -> LifecycleError:
         "the connector is not running: use it inside `async with open_connector(...)` "
         "(its block has exited, or has not been entered)"
     )
-
-
-def _root_cause(exc: BaseException) -> BaseException:
-    """The exception that says what happened: trio reports a failed connect as an OSError
-    without errno, caused by a group of the per-address errors; one of those (say
-    ``ConnectionRefusedError: [Errno 111] ...``) is what a person wants to read."""
-    group = exc.__cause__
-    if isinstance(exc, OSError) and exc.errno is None and isinstance(group, BaseExceptionGroup):
-        leaves = [leaf for leaf in group.exceptions if isinstance(leaf, OSError)]
-        if leaves:
-            return leaves[-1]
-    return exc
-
-
-def _check_headers(headers: Any) -> list[tuple[bytes, bytes]]:
-    """``extra_headers`` (a mapping or (name, value) pairs of str or bytes) as bytes pairs."""
-    if headers is None:
-        return []
-    items = list(headers.items()) if hasattr(headers, "items") else list(headers)
-    pairs: list[tuple[bytes, bytes]] = []
-    for item in items:
-        if not (isinstance(item, tuple) and len(item) == 2):
-            raise TypeError(f"extra_headers must map names to values, got {item!r}")
-        name, value = (v.encode("latin-1") if isinstance(v, str) else v for v in item)
-        if not isinstance(name, bytes) or not isinstance(value, bytes) or not name:
-            raise TypeError("extra_headers names and values must be str or bytes")
-        if b"\r" in name + value or b"\n" in name + value:
-            raise ValueError("extra_headers must not contain line breaks")
-        pairs.append((name, value))
-    return pairs
-
-
-_STATUS_HINTS: Final = {
-    400: "the server did not take the handshake request; check the URL and the protocol",
-    401: "the server wants credentials; pass a token",
-    403: "the server refuses these credentials or this client",
-    404: "no WebSocket endpoint at this URL; check the host, port and path",
-    405: "the server does not take a WebSocket handshake (GET) at this URL; check the URL",
-    410: "the endpoint is gone; check the URL",
-    426: "the server wants another protocol at this URL; check the scheme and the path",
-}
-
-
-def _status_phrase(status: int) -> str:
-    try:
-        return f" {HTTPStatus(status).phrase}"
-    except ValueError:
-        return ""
-
-
-def _peer_closed(ws: trio_websocket.WebSocketConnection | None) -> bool:
-    """Whether the server started the close (sent a close frame first).
-
-    trio-websocket 0.12.2 reports its own closes (a protocol error, a message over its
-    limit) with the same ConnectionClosed as the peer's; the event it sets when a close
-    frame arrives first tells them apart. Without it, every close counts as the peer's.
-    """
-    event = getattr(ws, "_for_testing_peer_closed_connection", None)
-    return not isinstance(event, trio.Event) or event.is_set()
-
-
-def _is_wire_protocol_error(exc: BaseException) -> bool:
-    """Whether ``exc`` comes from the HTTP/WebSocket parsers (h11, wsproto)."""
-    return any(cls.__module__.split(".")[0] in ("h11", "wsproto") for cls in type(exc).__mro__)
-
-
-def _lost_before_sent(op: str) -> NotConnected:
-    return NotConnected(f"the connection was lost before request {op!r} completed; send it again")
-
-
-def _websocket_target(ws_url: str) -> tuple[str, int, str, bool]:
-    """``(host, port, resource, secure)`` of a ``ws://`` or ``wss://`` URL."""
-    parts = urlsplit(ws_url)
-    if parts.scheme not in ("ws", "wss") or not parts.hostname:
-        raise ValueError(f"not a WebSocket URL: {redact_url(ws_url)}")
-    secure = parts.scheme == "wss"
-    port = parts.port if parts.port is not None else (443 if secure else 80)
-    resource = parts.path or "/"
-    if parts.query:
-        resource = f"{resource}?{parts.query}"
-    return parts.hostname, port, resource, secure
-
-
-def _single_exception(
-    group: BaseExceptionGroup[BaseException], preferred: BaseException | None
-) -> BaseException:
-    """The exception to raise for ``group``: ``preferred`` if it is in it, else the only
-    exception that is not a cancellation, else ``group`` itself (trio's cancel scopes
-    take the ``Cancelled`` out of a group)."""
-    leaves: list[BaseException] = []
-    pending: list[BaseException] = [group]
-    while pending:
-        exc = pending.pop(0)
-        if isinstance(exc, BaseExceptionGroup):
-            pending[:0] = list(exc.exceptions)
-        else:
-            leaves.append(exc)
-    if preferred is not None and any(leaf is preferred for leaf in leaves):
-        return preferred
-    errors = [leaf for leaf in leaves if not isinstance(leaf, trio.Cancelled)]
-    return errors[0] if errors else group
 
 
 def _check_positive(name: str, value: object) -> None:

@@ -22,7 +22,7 @@ from fsm.adapters._base import KernelProtocol, normalise_url
 from fsm.adapters._reference import ReferenceProtocol
 from fsm.core._frames import MAX_FRAME_SIZE, BadFrame, decode_frame
 from fsm.core._policy import RetryPolicy
-from fsm.driver._connector import StreamOpener
+from fsm.driver._transport import StreamOpener
 from fsm.servers import _http
 from fsm.servers.gateway._metrics import CONTENT_TYPE, GatewayMetrics
 from fsm.servers.gateway._page import render_page

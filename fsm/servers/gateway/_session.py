@@ -37,7 +37,8 @@ from fsm.core._logging import get_logger
 from fsm.core._policy import RetryPolicy
 from fsm.core._redact import redact
 from fsm.core._types import ConnState, Phase, Transition
-from fsm.driver._connector import Connector, StreamOpener, open_connector
+from fsm.driver._connector import Connector, open_connector
+from fsm.driver._transport import StreamOpener
 
 if TYPE_CHECKING:
     from fsm.servers.gateway._server import Gateway
