@@ -230,3 +230,16 @@ def test_importing_the_core_and_the_adapters_interface_does_not_import_trio() ->
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert out.strip() == "[]"
+
+
+def test_the_where_things_are_page_matches_the_tree() -> None:
+    """docs/layout.md names every module file of the package, and only files that exist."""
+    import re
+
+    page = (ROOT.parent / "docs" / "layout.md").read_text(encoding="utf-8")
+    named = set(re.findall(r"(?<![\w./])(_{0,2}[a-z][a-z_]*\.py)\b", page))
+    files = {p.name for p in ROOT.rglob("*.py")}
+    assert files - named == set()
+    assert named - files == set()
+    folders = {p.parent.name for p in ROOT.rglob("__init__.py") if p.parent != ROOT}
+    assert {f for f in folders if f"{f}/" not in page} == set()
