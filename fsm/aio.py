@@ -8,12 +8,5 @@ The code is in ``fsm/driver/_aio.py``, whose docstring says how it works::
 
 from __future__ import annotations
 
-from fsm.driver._aio import (
-    AioConnector,
-    open_connector,
-)
-
-__all__ = [
-    "AioConnector",
-    "open_connector",
-]
+from fsm.driver._aio import *  # noqa: F403
+from fsm.driver._aio import __all__ as __all__

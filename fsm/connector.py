@@ -6,18 +6,10 @@ and its link, the sender, the heartbeat and the streams have modules of their ow
 
 from __future__ import annotations
 
-from fsm.driver._connector import Connector, DialGate, open_connector
-from fsm.driver._link import Link
-from fsm.driver._streams import MessageStream, TransitionStream
-from fsm.driver._transport import StreamOpener, open_tcp
+from fsm.driver import _connector, _link, _streams, _transport
+from fsm.driver._connector import *  # noqa: F403
+from fsm.driver._link import *  # noqa: F403
+from fsm.driver._streams import *  # noqa: F403
+from fsm.driver._transport import *  # noqa: F403
 
-__all__ = [
-    "Connector",
-    "DialGate",
-    "Link",
-    "MessageStream",
-    "StreamOpener",
-    "TransitionStream",
-    "open_connector",
-    "open_tcp",
-]
+__all__ = _connector.__all__ + _link.__all__ + _streams.__all__ + _transport.__all__

@@ -5,14 +5,5 @@ The code is in :mod:`fsm.servers.gateway`; ``fsm gateway --upstream URL`` runs i
 
 from __future__ import annotations
 
-from fsm.servers.gateway import (
-    GatePolicy,
-    Gateway,
-    UpstreamGate,
-)
-
-__all__ = [
-    "GatePolicy",
-    "Gateway",
-    "UpstreamGate",
-]
+from fsm.servers.gateway import *  # noqa: F403
+from fsm.servers.gateway import __all__ as __all__

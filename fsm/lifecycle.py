@@ -6,26 +6,5 @@ operation; the effects are in ``fsm/core/_effects.py``, the machine in ``fsm/cor
 
 from __future__ import annotations
 
-from fsm.core._lifecycle import (
-    EVENTS,
-    Backoff,
-    ConnectionLifecycle,
-    Dial,
-    Effect,
-    Flush,
-    HangUp,
-    SendEdit,
-    TransitionLogger,
-)
-
-__all__ = [
-    "EVENTS",
-    "Backoff",
-    "ConnectionLifecycle",
-    "Dial",
-    "Effect",
-    "Flush",
-    "HangUp",
-    "SendEdit",
-    "TransitionLogger",
-]
+from fsm.core._lifecycle import *  # noqa: F403
+from fsm.core._lifecycle import __all__ as __all__

@@ -6,28 +6,9 @@ The code is in ``fsm/adapters/_marimo.py`` (whose docstring says how marimo is s
 
 from __future__ import annotations
 
-from fsm.adapters._marimo import (
-    CellOutput,
-    MarimoProtocol,
-    MarimoSession,
-    RunCollector,
-    RunResult,
-    cell_output,
-    notebook_cells,
-    output_text,
-    run_cells,
-)
-from fsm.cli._marimo import run_marimo_command
+from fsm.adapters import _marimo as _adapter
+from fsm.adapters._marimo import *  # noqa: F403
+from fsm.cli import _marimo as _command
+from fsm.cli._marimo import *  # noqa: F403
 
-__all__ = [
-    "CellOutput",
-    "MarimoProtocol",
-    "MarimoSession",
-    "RunCollector",
-    "RunResult",
-    "cell_output",
-    "notebook_cells",
-    "output_text",
-    "run_cells",
-    "run_marimo_command",
-]
+__all__ = _adapter.__all__ + _command.__all__

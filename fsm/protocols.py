@@ -7,30 +7,8 @@ reference protocol).
 
 from __future__ import annotations
 
-from fsm.adapters._base import (
-    FATAL_CLOSE_CODES,
-    FATAL_STATUSES,
-    AdapterLink,
-    AttemptFailed,
-    AttemptRejected,
-    KernelProtocol,
-    Verdict,
-    check_session_id,
-    normalise_url,
-    retry_after_seconds,
-)
-from fsm.adapters._reference import ReferenceProtocol
+from fsm.adapters import _base, _reference
+from fsm.adapters._base import *  # noqa: F403
+from fsm.adapters._reference import *  # noqa: F403
 
-__all__ = [
-    "FATAL_CLOSE_CODES",
-    "FATAL_STATUSES",
-    "AdapterLink",
-    "AttemptFailed",
-    "AttemptRejected",
-    "KernelProtocol",
-    "ReferenceProtocol",
-    "Verdict",
-    "check_session_id",
-    "normalise_url",
-    "retry_after_seconds",
-]
+__all__ = _base.__all__ + _reference.__all__

@@ -6,26 +6,5 @@ the server, one module each; the package docstring is the theory of operation).
 
 from __future__ import annotations
 
-from fsm.servers.reference import (
-    DEFAULT_HOST,
-    Faults,
-    Handler,
-    KernelServer,
-    Session,
-    SessionState,
-    default_handler,
-    main,
-    malformed_frames,
-)
-
-__all__ = [
-    "DEFAULT_HOST",
-    "Faults",
-    "Handler",
-    "KernelServer",
-    "Session",
-    "SessionState",
-    "default_handler",
-    "main",
-    "malformed_frames",
-]
+from fsm.servers.reference import *  # noqa: F403
+from fsm.servers.reference import __all__ as __all__

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from fsm.driver._connector import Connector
     from fsm.driver._link import Link
 
-__all__ = ["StreamOpener", "open_tcp", "open_websocket"]
+__all__ = ["StreamOpener", "open_tcp"]
 
 #: Opens the byte stream one WebSocket runs over: ``(host, port, secure) -> Stream``.
 StreamOpener = Callable[[str, int, bool], Awaitable[trio.abc.Stream]]
