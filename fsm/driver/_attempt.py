@@ -168,13 +168,22 @@ async def _dial_and_serve(connector: Connector, link: Link) -> None:
             link.lost(redact(describe(exc)))
 
 
-async def _await_ready(connector: Connector, link: Link, ws: trio_websocket.WebSocketConnection
-) -> Frame:
+async def _receive(
+    connector: Connector, ws: trio_websocket.WebSocketConnection
+) -> tuple[Frame, bool | None]:
+    """The next frame that decodes, and whether it is a ready frame (None: a malformed one,
+    logged). Frames that do not decode are logged and skipped."""
     while True:
         frame = connector._decode(await ws.get_message())
-        if frame is None:
-            continue
-        ready = connector._is_ready(frame)
+        if frame is not None:
+            return frame, connector._is_ready(frame)
+
+
+async def _await_ready(
+    connector: Connector, link: Link, ws: trio_websocket.WebSocketConnection
+) -> Frame:
+    while True:
+        frame, ready = await _receive(connector, ws)
         if ready:
             return frame
         if ready is not None:
@@ -189,10 +198,7 @@ async def _serve(connector: Connector, link: Link, ws: trio_websocket.WebSocketC
         finishing_close = False
         try:
             while True:
-                frame = connector._decode(await ws.get_message())
-                if frame is None:
-                    continue
-                ready = connector._is_ready(frame)
+                frame, ready = await _receive(connector, ws)
                 if ready:
                     connector._bad_frame("a second ready frame while open")
                 elif ready is not None:
