@@ -72,7 +72,7 @@ from fsm.core._redact import redact_url
 from fsm.core._types import CloseReason, ConnState, Phase, Transition
 from fsm.driver._attempt import _RELEASE_TIMEOUT, run_link
 from fsm.driver._link import _CLOSE, _SEND_UNSENT, Link, _lost_before_sent, _Request
-from fsm.driver._streams import MessageStream, TransitionStream
+from fsm.driver._streams import _NO_STREAMS, MessageStream, TransitionStream
 from fsm.driver._transport import StreamOpener, _check_headers, open_tcp
 
 __all__ = ["Connector", "DialGate", "open_connector"]
@@ -153,8 +153,8 @@ class Connector:
         self._timer: trio.CancelScope | None = None
         self._changed = trio.Event()
         # Weakly held: a stream the application dropped costs nothing (invariant 10).
-        self._subscribers: weakref.WeakSet[TransitionStream] = weakref.WeakSet()
-        self._message_streams: weakref.WeakSet[MessageStream] = weakref.WeakSet()
+        self._subscribers: weakref.WeakSet[TransitionStream] = _NO_STREAMS
+        self._message_streams: weakref.WeakSet[MessageStream] = _NO_STREAMS
         self._message_buffer = message_buffer
         # Messages that arrived while no message stream existed, for the first one.
         self._backlog: collections.deque[Frame] = collections.deque()

@@ -8,7 +8,8 @@ reader: transitions keep the newest records, messages drop new ones (counted).
 from __future__ import annotations
 
 import collections
-from typing import TYPE_CHECKING, Generic, TypeVar
+import weakref
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import trio
 
@@ -19,6 +20,11 @@ if TYPE_CHECKING:
     from fsm.driver._connector import Connector
 
 __all__ = ["MessageStream", "TransitionStream"]
+
+# The stream sets of a connector nobody has asked for streams yet: shared, always empty
+# (a WeakSet costs about 0.9 KiB and 4 µs, and most connectors never get a stream).
+# Never add to it: the first stream of a connector gives it a set of its own.
+_NO_STREAMS: weakref.WeakSet[Any] = weakref.WeakSet()
 
 _T = TypeVar("_T")
 
@@ -127,6 +133,8 @@ class TransitionStream(_Feed[Transition]):
 
     def __init__(self, connector: Connector, maxlen: int = 1_000) -> None:
         super().__init__(maxlen, drop_oldest=True)
+        if connector._subscribers is _NO_STREAMS:
+            connector._subscribers = weakref.WeakSet()
         connector._subscribers.add(self)
         if not connector._running:
             self._end()
@@ -143,6 +151,8 @@ class MessageStream(_Feed[Frame]):
             # Messages that arrived while nobody listened go to the first listener.
             self._buffer.extend(backlog)
             backlog.clear()
+        if connector._message_streams is _NO_STREAMS:
+            connector._message_streams = weakref.WeakSet()
         connector._message_streams.add(self)
         if not connector._running:
             self._end()
