@@ -53,7 +53,7 @@ DEFAULT_HOST: Final = "127.0.0.1"
 
 
 class KernelServer:
-    """A reference kernel server with fault injection (see the module docstring).
+    """A reference kernel server with fault injection (see :mod:`fsm.server`).
 
     Public, observable state (all mutated only by the server, and every mutation wakes
     :meth:`wait_until`):
