@@ -1,7 +1,7 @@
 """Run the fsm benchmarks and print one table of measurements, ratios and targets.
 
     python bench/run.py            # full run (a few minutes)
-    python bench/run.py --quick    # smaller counts and fewer repeats (~30 s)
+    python bench/run.py --quick    # smaller counts and fewer repeats (~30 s; no gateway part)
     python bench/run.py --section transition --section import
 
 Each section runs in its own fresh interpreter (so one section's garbage, monkeypatches,
@@ -34,6 +34,8 @@ SECTIONS = {
     "import": "6. import time",
     "scale": "7. 10,000 active lifecycles in one process",
 }
+if (HERE / "gateway.py").exists():  # helper D's gateway benchmarks (G1, G2)
+    SECTIONS["gateway"] = "8. the lazy gateway: a shared upstream in an outage, sessions at scale"
 MODULES = {"import": "imports"}  # section name -> module name, where they differ
 _MARK = "@@BENCH-ROWS@@"
 
@@ -74,7 +76,9 @@ def main() -> int:
         _worker(args.worker, args.quick)
         return 0
 
-    sections = args.section or list(SECTIONS)
+    # --quick stays a smoke run of a few seconds per section: the gateway's part (about a
+    # minute even when quick) runs in full runs, or when asked for with --section.
+    sections = args.section or [s for s in SECTIONS if not (args.quick and s == "gateway")]
     machine = machine_description()
     mode = "quick" if args.quick else "full"
     print(f"# fsm benchmarks ({mode} run)\n")

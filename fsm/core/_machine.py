@@ -9,8 +9,11 @@ How the machine is driven (effects, and the hot paths that bypass it) is explain
 :mod:`fsm.core._lifecycle`, which imports this module when a lifecycle receives its first
 event: building the class costs several milliseconds that ``import fsm`` need not pay.
 
-Callbacks read and write the owning :class:`~fsm.ConnectionLifecycle`; the effects
-they append are what the event method returns.
+Callbacks read and write the owning :class:`~fsm.ConnectionLifecycle` (``self._owner``)
+and their arguments, never the engine's own configuration: one instance of this class
+serves every lifecycle, and the decisions it made are replayed on other lifecycles
+without it (:mod:`fsm._engine`). The effects they append are what the event method
+returns.
 """
 
 from __future__ import annotations
