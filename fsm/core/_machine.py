@@ -12,7 +12,7 @@ event: building the class costs several milliseconds that ``import fsm`` need no
 Callbacks read and write the owning :class:`~fsm.ConnectionLifecycle` (``self._owner``)
 and their arguments, never the engine's own configuration: one instance of this class
 serves every lifecycle, and the decisions it made are replayed on other lifecycles
-without it (:mod:`fsm._engine`). The effects they append are what the event method
+without it (:mod:`fsm.core._engine`). The effects they append are what the event method
 returns.
 """
 
