@@ -430,7 +430,12 @@ class ConnectionLifecycle:
         """The back-off timer fired; outside BACKING_OFF (a cancelled timer) a no-op: ``[]``."""
         if self._phase is not _BACKING_OFF:
             return []
-        return self._send("retry")
+        try:
+            return self._send("retry")
+        except InvalidTransition:
+            # Another thread left BACKING_OFF between the check and the event (the
+            # engine's declared retry has no guard): this timer is just as stale.
+            return []
 
     def defer(self, delay: float) -> list[Effect]:
         """Put off the attempt just dialed: back off for exactly ``delay`` s, no failure counted.
