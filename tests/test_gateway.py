@@ -317,7 +317,7 @@ async def test_health_status_metrics_and_page() -> None:
                 assert b"fsm_gateway_clients 1.0" in text
             status, headers, page = await http_get(gw, "/")
             assert status == 200 and headers["content-type"] == "text/html; charset=utf-8"
-            assert page.startswith(b"<!doctype html>")  # its content: tests/test_gateway_page.py
+            assert page.startswith(b"<!doctype html>")  # its content: tests/test_browser.py
             assert (await http_get(gw, "/ws"))[0] == 426
             assert (await http_get(gw, "/nope"))[0] == 404
 
