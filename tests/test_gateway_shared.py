@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import re
 
 import pytest
 import trio
@@ -465,12 +466,14 @@ def run_gateway_outage(upstream_gate: GatePolicy | bool) -> dict[str, object]:
                     if f["phase"] == "BACKING_OFF" and f["attempts"] == 0
                 ]
                 seen["max_attempts_seen"] = max(f["attempts"] for f in upstream_frames)
+                seen["metrics_outage"] = gateway.metrics.render().decode()
                 server.faults.refuse_handshakes = 0
                 with trio.fail_after(600):
                     for conn in conns:
                         await conn.wait_acked()  # acked by the gateway: the kernel has it
                 seen["cells"] = dict(server.cells)
                 seen["counts"] = gateway.status()["counts"]
+                seen["metrics_healed"] = gateway.metrics.render().decode()
             await gateway.shutdown()
             nursery.cancel_scope.cancel()
 
@@ -491,8 +494,9 @@ def _drain(conn: Connector) -> list[Frame]:
 def test_gateway_sessions_share_one_view_of_their_upstream() -> None:
     """Inside a Gateway the gate is on by default: 40 sessions against a refusing upstream
     cost it a handful of handshakes instead of hundreds, a client sees its session's
-    upstream BACKING_OFF with the gate's delay and no attempt counted, and once the
-    upstream heals every session is OPEN with its edit in the kernel."""
+    upstream BACKING_OFF with the gate's delay and no attempt counted, /metrics shows the
+    gate probing with sessions waiting, and once the upstream heals every session is OPEN
+    with its edit in the kernel and the gate is idle and healthy."""
     shared = run_gateway_outage(True)
     alone = run_gateway_outage(False)
     policy = GatePolicy()
@@ -505,6 +509,14 @@ def test_gateway_sessions_share_one_view_of_their_upstream() -> None:
     deferred = shared["deferred_frames"]
     assert isinstance(deferred, list) and deferred
     assert all(f["delay"] is not None and f["delay"] > 0 for f in deferred)
+    outage, healed = str(shared["metrics_outage"]), str(shared["metrics_healed"])
+    assert "fsm_gateway_upstream_gate_healthy 0.0" in outage
+    waiting = re.search(r"^fsm_gateway_upstream_gate_waiting (\S+)$", outage, re.M)
+    assert waiting is not None and float(waiting.group(1)) > 0
+    assert "fsm_gateway_upstream_gate_healthy 1.0" in healed
+    assert "fsm_gateway_upstream_gate_in_flight 0.0" in healed
+    assert "fsm_gateway_upstream_gate_waiting 0.0" in healed
+    assert "fsm_gateway_upstream_gate" not in str(alone["metrics_outage"])
     for seen in (shared, alone):
         assert seen["counts"] == {"OPEN": GATEWAY_SESSIONS}
         assert seen["cells"] == {f"gw-{i}-c": f"x = {i}" for i in range(GATEWAY_SESSIONS)}

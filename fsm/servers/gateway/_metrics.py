@@ -7,6 +7,7 @@ Counters are updated where things happen; the session gauges are computed when
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -14,14 +15,23 @@ from prometheus_client.registry import Collector
 
 from fsm.core._types import ConnState, Phase, Transition
 
+if TYPE_CHECKING:
+    from fsm.servers.gateway._shared import UpstreamGate
+
 #: The content type of ``GET /metrics``.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class _SessionGauges(Collector):
-    def __init__(self, counts: Callable[[], dict[str, int]], clients: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        counts: Callable[[], dict[str, int]],
+        clients: Callable[[], int],
+        gate: UpstreamGate | None,
+    ) -> None:
         self._counts = counts
         self._clients = clients
+        self._gate = gate
 
     def collect(self) -> Iterator[Metric]:
         sessions = GaugeMetricFamily(
@@ -38,12 +48,34 @@ class _SessionGauges(Collector):
             "Client connections attached to a session.",
             value=self._clients(),
         )
+        gate = self._gate
+        if gate is not None:  # what the sessions share of their upstream (docs/gateway.md)
+            yield GaugeMetricFamily(
+                "fsm_gateway_upstream_gate_in_flight",
+                "Upstream dials in flight under the shared gate.",
+                value=gate.in_flight,
+            )
+            yield GaugeMetricFamily(
+                "fsm_gateway_upstream_gate_waiting",
+                "Sessions backing off for a slot of the shared gate.",
+                value=gate.waiting,
+            )
+            yield GaugeMetricFamily(
+                "fsm_gateway_upstream_gate_healthy",
+                "1 while the shared gate believes the upstream healthy, 0 while it probes.",
+                value=1 if gate.healthy else 0,
+            )
 
 
 class GatewayMetrics:
     """Every metric a gateway exports; see docs/gateway.md for the list."""
 
-    def __init__(self, counts: Callable[[], dict[str, int]], clients: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        counts: Callable[[], dict[str, int]],
+        clients: Callable[[], int],
+        gate: UpstreamGate | None = None,
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.transitions = Counter(
@@ -79,7 +111,7 @@ class GatewayMetrics:
         self.requests = Counter(
             "fsm_gateway_requests", "Client requests, by outcome.", ["outcome"], registry=r
         )
-        r.register(_SessionGauges(counts, clients))
+        r.register(_SessionGauges(counts, clients, gate))
 
     def transition(self, change: Transition) -> None:
         """Count one upstream transition (and a dial when it enters DIALING)."""

@@ -159,7 +159,7 @@ class Gateway:
         self._detached: dict[str, Session] = {}
         self._clients: set[ClientLink] = set()
         self._shared: Upstream | None = None
-        self.metrics = GatewayMetrics(self._counts, lambda: len(self._clients))
+        self.metrics = GatewayMetrics(self._counts, lambda: len(self._clients), self.gate)
         self._reaper_wake = trio.Event()
         self._changed = trio.Event()
         self._stop = trio.Event()
