@@ -1432,3 +1432,26 @@ async def test_a_ready_frame_at_the_connect_deadline_fails_the_attempt_instead_o
     assert [t.event for t in records] == ["connect", "fail", "retry", "ready"]
     assert "timed out" in (records[1].cause or "")
     assert protocol.readies == 2
+
+
+async def test_wait_changed_wakes_at_the_next_ack_not_at_an_edit() -> None:
+    """wait_changed() returns at the server's ack of an edit made while OPEN; the edit alone
+    does not wake it."""
+    with trio.fail_after(LIMIT):
+        async with serving() as server, connector(server) as conn:
+            conn.edit("cell-0", "w = 0")  # so that waiting for its ack covers the flush's
+            await conn.connect()
+            await conn.wait_acked()
+            seen: list[dict[str, str]] = []
+
+            async def waiter() -> None:
+                await conn.wait_changed()
+                seen.append(conn.pending_edits)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(waiter)
+                await trio.testing.wait_all_tasks_blocked()
+                conn.edit("cell-1", "x = 1")
+                assert conn.pending_edits == {"cell-1": "x = 1"} and not seen
+    assert seen == [{}]
+    assert server.cells["cell-1"] == "x = 1"

@@ -278,6 +278,15 @@ class Connector:
         while self._lc.state is not ConnState.OPEN or self._lc.buffer:
             await self._changed.wait()
 
+    async def wait_changed(self) -> None:
+        """Return at the connector's next change: a transition or an acknowledgement.
+
+        For conditions of one's own, as ``wait_for`` and ``wait_acked`` are built:
+        check the condition, then ``await conn.wait_changed()``, in a loop. Nothing can
+        change between the check and the wait (trio switches tasks only at an await).
+        """
+        await self._changed.wait()
+
     def messages(self) -> MessageStream:
         """Decoded server messages other than ready frames and acks, from now on.
 

@@ -85,12 +85,6 @@ async def open_upstream(
         yield conn
 
 
-def _changed(conn: Connector) -> trio.Event:
-    # The connector sets this event on every ack and transition (its own waits use it);
-    # the gateway's ack rule needs to wake on acks, which have no public stream.
-    return conn._changed
-
-
 def parse_update(frame: Frame) -> tuple[int, dict[str, str]]:
     """``(seq, {cell_id: code})`` of an ``instantiate`` or ``edit``; ValueError if malformed."""
     data = frame.data
@@ -498,12 +492,11 @@ class Upstream:
 
     async def _watch_acks(self, conn: Connector) -> None:
         while True:
-            changed = _changed(conn)
             waiting = [s for s in self.sessions if s.waiting and s.client is not None]
             if waiting:
                 pending = conn.pending_edits
                 for session in waiting:
                     session.check_acks(pending)
-            await changed.wait()
+            await conn.wait_changed()  # the next ack or transition
 
 
