@@ -9,26 +9,29 @@ How the machine is driven (effects, and the hot paths that bypass it) is explain
 :mod:`fsm.core._lifecycle`, which imports this module when a lifecycle receives its first
 event: building the class costs several milliseconds that ``import fsm`` need not pay.
 
-Callbacks read and write the owning :class:`~fsm.ConnectionLifecycle` (``self._owner``)
-and their arguments, never the engine's own configuration: one instance of this class
-serves every lifecycle, and the decisions it made are replayed on other lifecycles
-without it (:mod:`fsm.core._engine`). The effects they append are what the event method
-returns.
+Callbacks read and write the owning :class:`~fsm.ConnectionLifecycle` (``self._owner``,
+typed by :class:`_Owner`: the fields they touch, so that this module need not import
+the lifecycle that imports it) and their arguments, never the engine's own
+configuration: one instance of this class serves every lifecycle, and the decisions it
+made are replayed on other lifecycles without it (:mod:`fsm.core._engine`). The effects
+they append are what the event method returns.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Protocol
 
 from statemachine import State, StateMachine
 
-from fsm.core._effects import Backoff, Dial, Flush, HangUp
+from fsm.core._effects import Backoff, Dial, Effect, Flush, HangUp
 from fsm.core._logging import get_logger
-from fsm.core._policy import check_draw
+from fsm.core._policy import RetryPolicy, check_draw
 from fsm.core._types import CloseReason
 
 if TYPE_CHECKING:
-    from fsm.core._lifecycle import ConnectionLifecycle
+    import random
+
+    from fsm.core._buffer import EditBuffer
 
 __all__ = ["_LifecycleMachine"]
 
@@ -43,6 +46,29 @@ _REASON_BY_EVENT: Final[dict[str, CloseReason]] = {
     "close": CloseReason.USER,
     "close_finished": CloseReason.USER,
 }
+
+
+class _Owner(Protocol):
+    """What the callbacks read and write: the fields of a ConnectionLifecycle."""
+
+    policy: RetryPolicy
+    buffer: EditBuffer
+    last_cause: BaseException | str | None
+    _rng: random.Random
+    _attempts: int
+    _waits: int
+    _delay: float | None
+    _draw: float
+    _draw_problem: str | None
+    _close_reason: CloseReason | None
+    _reconnect_after_close: bool
+    _effects: list[Effect]
+
+    @property
+    def is_not_started(self) -> bool: ...
+
+    @property
+    def can_interact(self) -> bool: ...
 
 
 class _EngineModel:
@@ -121,7 +147,7 @@ class _LifecycleMachine(StateMachine):
         closing.to(closed)
     )
 
-    def __init__(self, owner: ConnectionLifecycle) -> None:
+    def __init__(self, owner: _Owner) -> None:
         self._owner = owner
         # A model whose state is already set is one python-statemachine resumes from
         # (its documented way to restore a persisted machine): it skips activating the

@@ -41,7 +41,7 @@ from fsm.driver._sender import fail_waiting_requests, run_sender
 from fsm.driver._transport import open_websocket
 
 if TYPE_CHECKING:
-    from fsm.driver._connector import Connector
+    from fsm.driver._host import Host
     from fsm.driver._link import Link
 
 __all__ = ["run_link"]
@@ -50,7 +50,7 @@ __all__ = ["run_link"]
 _RELEASE_TIMEOUT = 2.0
 
 
-async def run_link(connector: Connector, link: Link, timeout: float) -> None:
+async def run_link(connector: Host, link: Link, timeout: float) -> None:
     link.scope.deadline = trio.current_time() + timeout
     interrupted = True  # until the link's own scope is left normally
     try:
@@ -90,7 +90,7 @@ async def run_link(connector: Connector, link: Link, timeout: float) -> None:
         _finish(connector, link)
 
 
-def _finish(connector: Connector, link: Link) -> None:
+def _finish(connector: Host, link: Link) -> None:
     if link.abandoned or connector._link is not link:
         return
     connector._link = None
@@ -108,7 +108,7 @@ def _finish(connector: Connector, link: Link) -> None:
         connector._report(connector._lc.drop, uptime, cause)
 
 
-async def _dial_and_serve(connector: Connector, link: Link) -> None:
+async def _dial_and_serve(connector: Host, link: Link) -> None:
     try:
         await connector.protocol.prepare(link)
         ws_url = connector.protocol.websocket_url(connector.url, connector.session_id)
@@ -169,7 +169,7 @@ async def _dial_and_serve(connector: Connector, link: Link) -> None:
 
 
 async def _receive(
-    connector: Connector, ws: trio_websocket.WebSocketConnection
+    connector: Host, ws: trio_websocket.WebSocketConnection
 ) -> tuple[Frame, bool | None]:
     """The next frame that decodes, and whether it is a ready frame (None: a malformed one,
     logged). Frames that do not decode are logged and skipped."""
@@ -180,7 +180,7 @@ async def _receive(
 
 
 async def _await_ready(
-    connector: Connector, link: Link, ws: trio_websocket.WebSocketConnection
+    connector: Host, link: Link, ws: trio_websocket.WebSocketConnection
 ) -> Frame:
     while True:
         frame, ready = await _receive(connector, ws)
@@ -190,7 +190,7 @@ async def _await_ready(
             connector._on_frame(link, frame)
 
 
-async def _serve(connector: Connector, link: Link, ws: trio_websocket.WebSocketConnection) -> None:
+async def _serve(connector: Host, link: Link, ws: trio_websocket.WebSocketConnection) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(run_sender, connector, link, ws, nursery.cancel_scope)
         if connector.heartbeat_interval is not None:

@@ -46,7 +46,7 @@ import ssl
 import weakref
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 import sniffio
 import trio
@@ -71,6 +71,7 @@ from fsm.core._policy import RetryPolicy
 from fsm.core._redact import redact_url
 from fsm.core._types import CloseReason, ConnState, Phase, Transition
 from fsm.driver._attempt import _RELEASE_TIMEOUT, run_link
+from fsm.driver._host import DialGate
 from fsm.driver._link import _CLOSE, _SEND_UNSENT, Link, _lost_before_sent, _Request
 from fsm.driver._streams import _NO_STREAMS, MessageStream, TransitionStream
 from fsm.driver._transport import StreamOpener, _check_headers, open_tcp
@@ -362,7 +363,7 @@ class Connector:
                 self.stats["deferrals"] += 1
                 self._apply(self._lc.defer(delay))
                 return
-        link = Link(self, effect.attempt)
+        link = Link(effect.attempt, session_id=self.session_id, url=self.url, on_ack=self._on_ack)
         link.gated = gate is not None
         self._link = link
         self.stats["dials"] += 1
@@ -522,23 +523,6 @@ class Connector:
         self._subscribers.clear()
         self._message_streams.clear()
         self._backlog.clear()
-
-
-class DialGate(Protocol):
-    """What a connector asks before every attempt when it shares an upstream with
-    others (``dial_gate=``); :class:`fsm.gateway.UpstreamGate` is the one that ships.
-
-    ``admit`` answers ``0.0`` (dial now) or the seconds to wait first, which the
-    connector reports as ``defer(delay)``; ``urgent`` marks a person's ``connect()``.
-    ``finished`` is called once per admitted dial: ``True`` ready, ``False`` a
-    retryable failure, ``None`` anything else. ``forget``: the session stopped waiting.
-    """
-
-    def admit(self, session: Connector, now: float, *, urgent: bool = False) -> float: ...
-
-    def finished(self, session: Connector, now: float, ok: bool | None) -> None: ...
-
-    def forget(self, session: Connector) -> None: ...
 
 
 def _refuse_asyncio() -> None:

@@ -15,14 +15,14 @@ import trio
 import trio_websocket
 
 if TYPE_CHECKING:
-    from fsm.driver._connector import Connector
+    from fsm.driver._host import Host
     from fsm.driver._link import Link
 
 __all__ = ["run_heartbeat"]
 
 
 async def run_heartbeat(
-    connector: Connector,
+    connector: Host,
     link: Link,
     ws: trio_websocket.WebSocketConnection,
     done: trio.CancelScope,

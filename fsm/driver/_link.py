@@ -12,7 +12,8 @@ exactly one lifecycle event when the link's task ends.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 import trio
 import trio_websocket
@@ -20,9 +21,6 @@ import trio_websocket
 from fsm.core._effects import Flush
 from fsm.core._errors import NotConnected
 from fsm.core._frames import encode_frame
-
-if TYPE_CHECKING:
-    from fsm.driver._connector import Connector
 
 __all__ = ["Link"]
 
@@ -61,11 +59,13 @@ class Link:
     their own per-link state).
     """
 
-    def __init__(self, connector: Connector, attempt: int) -> None:
-        self.connector = connector
+    def __init__(
+        self, attempt: int, *, session_id: str, url: str, on_ack: Callable[[int], None]
+    ) -> None:
         self.attempt = attempt
-        self.session_id = connector.session_id
-        self.url = connector.url
+        self.session_id = session_id
+        self.url = url
+        self._on_ack = on_ack  # the connector's: an ack counts where the buffer lives
         self.context: dict[str, Any] = {}
         self.ws: trio_websocket.WebSocketConnection | None = None
         self.scope = trio.CancelScope()
@@ -88,7 +88,7 @@ class Link:
 
     def acknowledge(self, seq: int) -> None:
         """Mark ``seq`` acknowledged (for adapters whose acks are not frames)."""
-        self.connector._on_ack(seq)
+        self._on_ack(seq)
 
     def post(self, item: _Outgoing) -> bool:
         """Queue ``item`` for the sender; False if the outbox is closed.

@@ -20,7 +20,7 @@ from fsm.adapters._base import Verdict, retry_after_seconds
 from fsm.core._redact import redact, redact_url
 
 if TYPE_CHECKING:
-    from fsm.driver._connector import Connector
+    from fsm.driver._host import Host
     from fsm.driver._link import Link
 
 __all__ = ["classify", "closed", "rejected_handshake"]
@@ -37,7 +37,7 @@ _STATUS_HINTS: Final = {
 
 
 def rejected_handshake(
-    connector: Connector, link: Link, ws_url: str, exc: trio_websocket.ConnectionRejected
+    connector: Host, link: Link, ws_url: str, exc: trio_websocket.ConnectionRejected
 ) -> None:
     """A refused handshake: fatal or retried by its status (DESIGN.md section 6)."""
     status = exc.status_code
@@ -64,7 +64,7 @@ def classify(link: Link, verdict: Verdict, cause: str) -> None:
         link.lost(cause)
 
 
-def closed(connector: Connector, link: Link, exc: trio_websocket.ConnectionClosed) -> None:
+def closed(connector: Host, link: Link, exc: trio_websocket.ConnectionClosed) -> None:
     code = getattr(exc.reason, "code", None)
     reason = getattr(exc.reason, "reason", None)
     cause = f"closed with code {code}" + (f" ({redact(reason)})" if reason else "")

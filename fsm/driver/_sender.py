@@ -24,14 +24,14 @@ from fsm.driver._link import _SEND_UNSENT, _lost_before_sent, _Request
 from fsm.driver._outcomes import closed
 
 if TYPE_CHECKING:
-    from fsm.driver._connector import Connector
+    from fsm.driver._host import Host
     from fsm.driver._link import Link
 
 __all__ = ["fail_waiting_requests", "run_sender"]
 
 
 async def run_sender(
-    connector: Connector,
+    connector: Host,
     link: Link,
     ws: trio_websocket.WebSocketConnection,
     done: trio.CancelScope,

@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import collections
 import weakref
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import trio
 
 from fsm.core._frames import Frame
 from fsm.core._types import Transition
-
-if TYPE_CHECKING:
-    from fsm.driver._connector import Connector
 
 __all__ = ["MessageStream", "TransitionStream"]
 
@@ -123,6 +120,15 @@ class _Feed(Generic[_T]):
         await self.aclose()
 
 
+class _Source(Protocol):
+    """Where streams subscribe: a connector's stream sets, its backlog, whether it runs."""
+
+    _subscribers: weakref.WeakSet[TransitionStream]
+    _message_streams: weakref.WeakSet[MessageStream]
+    _backlog: collections.deque[Frame]
+    _running: bool
+
+
 class TransitionStream(_Feed[Transition]):
     """An async iterator of :class:`~fsm.Transition` records, from its creation on.
 
@@ -131,7 +137,7 @@ class TransitionStream(_Feed[Transition]):
     matters. A stream the application no longer references is freed and stops receiving.
     """
 
-    def __init__(self, connector: Connector, maxlen: int = 1_000) -> None:
+    def __init__(self, connector: _Source, maxlen: int = 1_000) -> None:
         super().__init__(maxlen, drop_oldest=True)
         if connector._subscribers is _NO_STREAMS:
             connector._subscribers = weakref.WeakSet()
@@ -144,7 +150,7 @@ class MessageStream(_Feed[Frame]):
     """An async iterator of decoded server messages, from its creation on; see
     :meth:`Connector.messages`."""
 
-    def __init__(self, connector: Connector, maxlen: int) -> None:
+    def __init__(self, connector: _Source, maxlen: int) -> None:
         super().__init__(maxlen, drop_oldest=False)
         backlog = connector._backlog
         if backlog and not connector._message_streams:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 import trio
@@ -22,7 +22,7 @@ from fsm.core._frames import MAX_FRAME_SIZE
 from fsm.core._redact import redact_url
 
 if TYPE_CHECKING:
-    from fsm.driver._connector import Connector
+    from fsm.adapters._base import KernelProtocol
     from fsm.driver._link import Link
 
 __all__ = ["StreamOpener", "open_tcp"]
@@ -110,8 +110,17 @@ def _single_exception(
     return errors[0] if errors else group
 
 
+class Dialer(Protocol):
+    """What opening a WebSocket takes from a connector."""
+
+    protocol: KernelProtocol
+    close_timeout: float
+    _open_stream: StreamOpener
+    _extra_headers: list[tuple[bytes, bytes]]
+
+
 @asynccontextmanager
-async def open_websocket(connector: Connector, link: Link, ws_url: str
+async def open_websocket(connector: Dialer, link: Link, ws_url: str
 ) -> AsyncIterator[trio_websocket.WebSocketConnection]:
     """One WebSocket over a TCP stream that this connector owns and always closes.
 

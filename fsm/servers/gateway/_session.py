@@ -25,7 +25,7 @@ from __future__ import annotations
 import collections
 from collections.abc import AsyncIterator, Container
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
@@ -41,9 +41,33 @@ from fsm.driver._connector import Connector, open_connector
 from fsm.driver._transport import StreamOpener
 
 if TYPE_CHECKING:
-    from fsm.servers.gateway._server import Gateway
+    from fsm.servers.gateway._metrics import GatewayMetrics
 
 log = get_logger("fsm.gateway")
+
+
+class GatewayHost(Protocol):
+    """What sessions and upstreams read and call of the :class:`fsm.gateway.Gateway` that
+    holds them (which satisfies this structurally: this module need not import the
+    server module, which imports it)."""
+
+    upstream: str
+    policy: RetryPolicy | None
+    heartbeat_interval: float | None
+    close_timeout: float
+    open_stream: StreamOpener | None
+    max_frame_size: int
+    send_queue: int
+    replay_limit: int
+    max_requests: int
+    metrics: GatewayMetrics
+    _detached: dict[str, Session]
+
+    def _notify(self) -> None: ...
+
+    def _wake_reaper(self) -> None: ...
+
+    def _upstream_failed(self, session: Session) -> None: ...
 
 #: What ``data.reason`` of an ``error`` frame can be, besides a CloseReason's value.
 REASON_BUSY = "busy"  # too many requests waiting for this session's upstream
@@ -183,7 +207,7 @@ class ClientLink:
 class Session:
     """One client session id's state; see the module docstring."""
 
-    def __init__(self, gateway: Gateway, session_id: str, upstream: Upstream) -> None:
+    def __init__(self, gateway: GatewayHost, session_id: str, upstream: Upstream) -> None:
         self.gateway = gateway
         self.session_id = session_id
         self.upstream = upstream
@@ -397,7 +421,7 @@ class Upstream:
     """One upstream connector and the sessions using it; see the module docstring."""
 
     def __init__(
-        self, gateway: Gateway, session_id: str, protocol: KernelProtocol, gate: Any = None
+        self, gateway: GatewayHost, session_id: str, protocol: KernelProtocol, gate: Any = None
     ) -> None:
         self.gateway = gateway
         self.session_id = session_id

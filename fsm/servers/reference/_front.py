@@ -32,20 +32,41 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 from trio_websocket import WebSocketRequest, wrap_server_stream
 
 from fsm.core._logging import get_logger
 from fsm.servers import _http
-from fsm.servers.reference._session import run_session
+from fsm.servers.reference._session import ServerState, run_session
 
 if TYPE_CHECKING:
-    from fsm.servers.reference._server import KernelServer
+    from fsm.servers.reference._faults import Faults
     from fsm.servers.reference._session import _Conn
 
 __all__ = ["serve_connection"]
+
+
+class FrontHost(ServerState, Protocol):
+    """What the HTTP front reads, writes and calls of the
+    :class:`~fsm.server.KernelServer` it serves (structurally: no import of the server
+    module, which imports this one)."""
+
+    faults: Faults
+    handshake_timeout: float
+    handshakes: int
+    connections_opened: int
+    sessions_seen: set[str]
+    rejections: list[int]
+    _token: str | None
+
+    def _anonymous_id(self) -> str: ...
+
+    def _fence(self, conn: _Conn) -> None: ...
+
+    async def wait_until(self, predicate: Callable[[Any], bool]) -> None: ...
 
 log = get_logger("fsm.server")
 
@@ -53,7 +74,7 @@ log = get_logger("fsm.server")
 MAX_HEAD = 64 * 1024
 
 
-async def serve_connection(server: KernelServer, conn: _Conn) -> None:
+async def serve_connection(server: FrontHost, conn: _Conn) -> None:
     """Serve one TCP connection: its handshake-level faults, then HTTP or a WebSocket."""
     faults = conn.faults
     if faults.silent:
@@ -125,7 +146,7 @@ async def serve_connection(server: KernelServer, conn: _Conn) -> None:
         nursery.cancel_scope.cancel()
 
 
-def _handshake_status(server: KernelServer, conn: _Conn, request: _http.Request) -> int | None:
+def _handshake_status(server: FrontHost, conn: _Conn, request: _http.Request) -> int | None:
     """The HTTP status to reject this upgrade with, or ``None`` to accept it."""
     if conn.planned:
         if conn.faults.refuse_handshakes > 0:
@@ -142,7 +163,7 @@ def _handshake_status(server: KernelServer, conn: _Conn, request: _http.Request)
     return None
 
 
-async def _refuse_raw(server: KernelServer, conn: _Conn, status: int) -> None:
+async def _refuse_raw(server: FrontHost, conn: _Conn, status: int) -> None:
     server.rejections.append(status)
     log.info("handshake_rejected", session_id=conn.session_id, status=status)
     await conn.raw.send_all(_http.response(status, b'{"error":"bad websocket handshake"}'))
@@ -165,10 +186,10 @@ async def _drain(raw: trio.abc.Stream) -> None:
             pass
 
 
-async def _thawed(server: KernelServer, conn: _Conn) -> None:
+async def _thawed(server: FrontHost, conn: _Conn) -> None:
     """Block while ``conn`` is frozen; a connection being closed is never frozen."""
 
-    def thawed(s: KernelServer) -> bool:
+    def thawed(s: FrontHost) -> bool:
         if conn.close_request is not None:
             return True
         return not (s.faults.freeze or (conn.planned and conn.faults.freeze))

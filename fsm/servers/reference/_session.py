@@ -22,10 +22,11 @@ frame of ``close_after_frames``); any other op goes to the handler
 
 from __future__ import annotations
 
+import collections
 import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
@@ -34,10 +35,7 @@ from fsm.core._frames import BadFrame, Frame, decode_frame, encode_frame
 from fsm.core._logging import get_logger
 from fsm.servers.reference._faults import Faults
 
-if TYPE_CHECKING:
-    from fsm.servers.reference._server import KernelServer
-
-__all__ = ["Handler", "Session", "SessionState", "default_handler", "run_session"]
+__all__ = ["Handler", "ServerState", "Session", "SessionState", "default_handler", "run_session"]
 
 log = get_logger("fsm.server")
 
@@ -84,10 +82,31 @@ class SessionState:
     stale_codes: int = 0
 
 
+class ServerState(Protocol):
+    """What sessions read, write and call of the :class:`~fsm.server.KernelServer` that
+    accepted them (which satisfies this structurally: this module need not import the
+    server module, which imports it). ``Session.server`` is that server."""
+
+    cells: dict[str, str]
+    sessions: dict[str, SessionState]
+    max_frame_size: int
+    close_timeout: float
+    handler: Handler
+    frames_received: collections.Counter[str]
+    bad_frames_received: int
+    received: list[tuple[str, Frame]]
+    acks_sent: list[int]
+    client_close_codes: list[int]
+
+    def _notify(self) -> None: ...
+
+    def _request_close(self, conn: _Conn, code: int, reason: str) -> None: ...
+
+
 class Session:
     """What a handler sees of one accepted WebSocket connection."""
 
-    def __init__(self, server: KernelServer, conn: _Conn, ws: WebSocketConnection) -> None:
+    def __init__(self, server: ServerState, conn: _Conn, ws: WebSocketConnection) -> None:
         self.server = server
         self._conn = conn
         self._ws = ws
@@ -128,7 +147,7 @@ async def default_handler(session: Session, frame: Frame) -> None:
         await session.send("cell-op", {"cell_id": cell_id, "output": output})
 
 
-async def run_session(server: KernelServer, conn: _Conn, ws: WebSocketConnection) -> None:
+async def run_session(server: ServerState, conn: _Conn, ws: WebSocketConnection) -> None:
     """Serve one accepted WebSocket until it closes: kernel-ready, then its frames."""
     faults = conn.faults
     session = Session(server, conn, ws)
@@ -198,7 +217,7 @@ async def run_session(server: KernelServer, conn: _Conn, ws: WebSocketConnection
             by="client",
         )
 
-def _refused(server: KernelServer, conn: _Conn, code: int, reason: str) -> None:
+def _refused(server: ServerState, conn: _Conn, code: int, reason: str) -> None:
     """Close ``conn`` for a frame the server will not take (1003, 1007, 1009)."""
     server.client_close_codes.append(code)
     server.bad_frames_received += 1
@@ -207,7 +226,7 @@ def _refused(server: KernelServer, conn: _Conn, code: int, reason: str) -> None:
 
 
 async def _dispatch(
-    server: KernelServer, session: Session, message: str | bytes, *, ack: bool
+    server: ServerState, session: Session, message: str | bytes, *, ack: bool
 ) -> None:
     conn = session._conn
     if conn.fenced:
