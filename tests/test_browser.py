@@ -614,7 +614,7 @@ def test_token_from_the_page_url(page: Page) -> None:
 @needs_browser
 def test_marimo_notebook_cells_and_outputs(page: Page, tmp_path: Path) -> None:
     """With a marimo upstream the page offers the notebook's cells and shows marimo's outputs."""
-    pytest.importorskip("marimo", reason="the marimo test needs marimo: pip install 'fsm[marimo]'")
+    pytest.importorskip("marimo", reason="the marimo test needs marimo: pip install -e '.[marimo]'")
     from marimo_server import write_notebook
 
     notebook = write_notebook(tmp_path / "nb.py", ["x = 1", "y = x + 1", "y * 10"])

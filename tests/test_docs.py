@@ -27,9 +27,9 @@ DOCS = ROOT / "docs"
 EXAMPLES = sorted((DOCS / "examples").glob("*.py"))
 PAGES = sorted(DOCS.glob("*.md"))
 EXAMPLE_TIMEOUT = 60.0
-#: Examples that need an optional dependency (an extra) to run.
-REQUIRES = {"marimo_cells.py": "marimo", "marimo_run.py": "marimo",
-            "testing_hypothesis.py": "hypothesis"}
+#: Examples that need an optional dependency to run: the module, and the extra it comes with.
+REQUIRES = {"marimo_cells.py": ("marimo", "marimo"), "marimo_run.py": ("marimo", "marimo"),
+            "testing_hypothesis.py": ("hypothesis", "test")}
 
 _FENCE = re.compile(r"^(?P<indent> *)```(?P<lang>[\w-]*)[^\n]*\n(?P<body>.*?)^(?P=indent)```",
                     re.M | re.S)
@@ -80,8 +80,8 @@ def test_example_runs(
 ) -> None:
     """Each docs/examples/*.py runs to completion, exit status 0, within the time bound."""
     needed = REQUIRES.get(name)
-    if needed is not None and importlib.util.find_spec(needed) is None:
-        pytest.skip(f"{name} needs {needed}: pip install -e '.[test]'")
+    if needed is not None and importlib.util.find_spec(needed[0]) is None:
+        pytest.skip(f"{name} needs {needed[0]}: pip install -e '.[{needed[1]}]'")
     try:
         result = example_runs[name].result()
     except subprocess.TimeoutExpired as exc:

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-pytest.importorskip("marimo", reason="the marimo tests need marimo: pip install 'fsm[marimo]'")
-pytest.importorskip("httpx", reason="the marimo tests need httpx: pip install 'fsm[marimo]'")
+pytest.importorskip("marimo", reason="the marimo tests need marimo: pip install -e '.[marimo]'")
+pytest.importorskip("httpx", reason="the marimo tests need httpx: pip install -e '.[marimo]'")
 
 import trio
 from marimo_server import marimo_server, write_notebook

@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 
 pytest.importorskip(
-    "marimo", reason="the marimo tests need marimo: pip install 'fsm-kernel-lifecycle[marimo]'"
+    "marimo", reason="the marimo tests need marimo: pip install -e '.[marimo]'"
 )
 pytest.importorskip(
-    "httpx", reason="the marimo tests need httpx: pip install 'fsm-kernel-lifecycle[marimo]'"
+    "httpx", reason="the marimo tests need httpx: pip install -e '.[marimo]'"
 )
 
 import httpx

@@ -87,3 +87,14 @@ def test_the_command_prints_the_version() -> None:
     )
     assert result.returncode == 0
     assert result.stdout.strip() == f"fsm {fsm.__version__}"
+
+
+def test_fsm_marimo_without_its_extra_says_which_extra() -> None:
+    """Importing fsm.marimo without httpx fails with an ImportError naming the marimo extra."""
+    code = (
+        "import sys; sys.modules['httpx'] = None\n"
+        "try:\n    import fsm.marimo\n"
+        "except ImportError as exc:\n    print(exc)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "pip install 'fsm-kernel-lifecycle[marimo]'" in done.stdout

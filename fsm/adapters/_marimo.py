@@ -75,7 +75,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-import httpx
+try:
+    import httpx
+except ImportError as exc:  # the marimo extra; say which, not just the module's name
+    raise ImportError(
+        f"fsm.marimo needs the marimo extra ({exc}): pip install 'fsm-kernel-lifecycle[marimo]'"
+    ) from exc
 
 from fsm.adapters._base import (
     AdapterLink,
