@@ -669,6 +669,23 @@
     }
   }
 
+  // The page's banner about its own link: built once per kind, so that re-rendering
+  // every second (the retry countdown) keeps its button under the pointer.
+  function showBanner(kind, html, label, onClick) {
+    const banner = $("page-banner");
+    banner.hidden = false;
+    if (banner.dataset.kind === kind) return;
+    banner.dataset.kind = kind;
+    const text = document.createElement("span");
+    text.innerHTML = html;
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "btn";
+    button.textContent = label;
+    button.addEventListener("click", onClick);
+    banner.replaceChildren(text, button);
+  }
+
   function renderLink() {
     const el = $("gateway-link");
     el.dataset.link = page.link;
@@ -684,36 +701,16 @@
     }
     $("gateway-link-text").textContent = words;
     $("gateway-link-words").textContent = words;
-    const banner = $("page-banner");
     if (page.link === "replaced") {
-      banner.hidden = false;
-      if (!banner.dataset.kind || banner.dataset.kind !== "replaced") {
-        banner.dataset.kind = "replaced";
-        banner.replaceChildren();
-        const text = document.createElement("span");
-        text.innerHTML = "<strong>This session is open in another tab or window.</strong> Edits here are paused.";
-        const take = document.createElement("button");
-        take.type = "button";
-        take.className = "btn";
-        take.textContent = "Use it here";
-        take.addEventListener("click", () => { page.linkAttempt = 0; openLink(); });
-        banner.append(text, take);
-      }
+      showBanner("replaced",
+        "<strong>This session is open in another tab or window.</strong> Edits here are paused.",
+        "Use it here", () => { page.linkAttempt = 0; openLink(); });
     } else if (page.link === "down" && page.linkAttempt > 2) {
-      banner.hidden = false;
-      if (banner.dataset.kind !== "down") {
-        banner.dataset.kind = "down";
-        banner.replaceChildren();
-        const text = document.createElement("span");
-        text.innerHTML = "<strong>This page lost the gateway.</strong> Your edits are kept here and sent when it is back.";
-        const now = document.createElement("button");
-        now.type = "button";
-        now.className = "btn";
-        now.textContent = "Reconnect now";
-        now.addEventListener("click", () => { openLink(); });
-        banner.append(text, now);
-      }
+      showBanner("down",
+        "<strong>This page lost the gateway.</strong> Your edits are kept here and sent when it is back.",
+        "Reconnect now", () => { openLink(); });
     } else {
+      const banner = $("page-banner");
       banner.hidden = true;
       delete banner.dataset.kind;
     }
